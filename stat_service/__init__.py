@@ -1,0 +1,54 @@
+"""stat_service: subscribers' favorites and viewing history, stored in Redis."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from . import errors
+from .api import RestOfPath, api, probes
+from .auth import TokenVerifier
+from .config import DEV_JWT_SECRET, ConfigError, load_settings
+from .store import StatStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["create_app", "ConfigError", "StatStore"]
+
+
+def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
+    """Build the app: defaults, then the environment, then ``config``."""
+    settings = load_settings(config)
+    logging.basicConfig(
+        level=settings.LOG_LEVEL.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if settings.EMBEDDED_REDIS and not (
+        settings.JWT_SECRET or settings.JWT_PUBLIC_KEY or settings.JWT_JWKS_URL
+    ):
+        log.warning(
+            "EMBEDDED MODE: no JWT key configured, using the development secret %r "
+            "(never in production)",
+            DEV_JWT_SECRET,
+        )
+        settings = load_settings({**(config or {}), "JWT_SECRET": DEV_JWT_SECRET})
+
+    app = Flask(__name__)
+    app.config.update(config or {})
+    app.config["STAT"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.MAX_BODY_BYTES
+    app.url_map.converters["rest"] = RestOfPath
+    app.url_map.merge_slashes = False
+
+    if redis_client is None:
+        from .redis_client import make_client
+
+        redis_client = make_client(settings)
+    app.extensions["stat_store"] = StatStore(redis_client, prefix=settings.KEY_PREFIX)
+    app.extensions["stat_auth"] = TokenVerifier(settings)
+
+    errors.register(app)
+    app.register_blueprint(api)
+    app.register_blueprint(probes)
+    return app

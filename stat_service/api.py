@@ -1,0 +1,185 @@
+"""HTTP views: thin wrappers that validate, call the store, and answer."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
+
+from flask import Blueprint, current_app, jsonify, request
+from werkzeug.routing import BaseConverter
+
+from . import strictjson
+from .auth import authorize, require_token
+from .errors import ApiError, error_response
+from .schemas import MAX_ID_LENGTH, has_control_characters, load_body
+from .store import StatStore
+
+PREFIX = "/metax/3.0/ui/user/stat"
+_PREFIX_BYTES = (PREFIX + "/").encode()
+
+api = Blueprint("stat", __name__)
+probes = Blueprint("probes", __name__)
+
+
+class RestOfPath(BaseConverter):
+    """Everything after ``/stat/``, slashes and emptiness included."""
+
+    regex = ".*"
+    weight = 200
+
+
+def _store() -> StatStore:
+    return current_app.extensions["stat_store"]
+
+
+def _settings():
+    return current_app.config["STAT"]
+
+
+def _raw_path() -> bytes:
+    """The request path as percent-decoded bytes, before any text decoding."""
+    environ = request.environ
+    # PEP 3333 gives PATH_INFO as latin-1 text of the decoded bytes, but some
+    # servers (Werkzeug's) have already replaced invalid UTF-8 there, so the
+    # URI as received is preferred when the server passes it on.
+    uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if not uri:
+        return environ.get("PATH_INFO", "").encode("latin-1")
+    path = uri.split("?", 1)[0]
+    if "://" in path:  # absolute-form request target
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+    raw = unquote_to_bytes(path)
+    script = environ.get("SCRIPT_NAME", "").encode("latin-1")
+    return raw[len(script) :] if script and raw.startswith(script) else raw
+
+
+def subscriber_id_from_path() -> str:
+    """The id as sent: percent-decoded, strictly UTF-8, never U+FFFD."""
+    raw = _raw_path()
+    if not raw.startswith(_PREFIX_BYTES):
+        raise ApiError(404, "not found")
+    try:
+        subscriber_id = raw[len(_PREFIX_BYTES) :].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "subscriber id is not valid UTF-8") from None
+    if not 1 <= len(subscriber_id) <= MAX_ID_LENGTH:
+        raise ApiError(400, f"subscriber id must be 1 to {MAX_ID_LENGTH} characters")
+    if has_control_characters(subscriber_id):
+        raise ApiError(400, "subscriber id must not contain control characters")
+    return subscriber_id
+
+
+def _is_delta() -> bool:
+    args = request.args
+    unknown = sorted(set(args) - {"isDelta"})
+    if unknown:
+        raise ApiError(400, f"unknown query parameter: {', '.join(unknown)}")
+    values = args.getlist("isDelta")
+    if not values:
+        return True
+    if len(values) > 1:
+        raise ApiError(400, "isDelta given more than once")
+    value = values[0].lower()
+    if value not in ("true", "false"):
+        raise ApiError(400, "isDelta must be true or false")
+    return value == "true"
+
+
+def _no_query() -> None:
+    if request.args:
+        raise ApiError(
+            400, f"unknown query parameter: {', '.join(sorted(request.args))}"
+        )
+
+
+def _check_content_type() -> None:
+    if request.mimetype != "application/json":
+        raise ApiError(415, "Content-Type must be application/json")
+    params = request.mimetype_params
+    if set(params) - {"charset"} or params.get("charset", "utf-8").lower() not in (
+        "utf-8",
+        "utf8",
+    ):
+        raise ApiError(415, "Content-Type may only carry charset=utf-8")
+
+
+def _body() -> dict:
+    raw = request.get_data(
+        cache=False
+    )  # 413 past MAX_BODY_BYTES, with or without Content-Length
+    if not raw:
+        raise ApiError(400, "body is empty: send a JSON object")
+    try:
+        data = strictjson.loads(raw)
+    except strictjson.JSONBodyError as exc:
+        raise ApiError(400, str(exc)) from None
+    if isinstance(data, dict):
+        limit = _settings().MAX_ITEMS
+        for name in ("favorites", "view_data"):
+            items = data.get(name)
+            if isinstance(items, list) and len(items) > limit:
+                raise ApiError(
+                    413, f"{name} has {len(items)} entries, more than {limit}"
+                )
+    return data
+
+
+def _subscriber() -> str:
+    subscriber_id = subscriber_id_from_path()
+    authorize(subscriber_id)
+    return subscriber_id
+
+
+@api.put(f"{PREFIX}/<rest:_path>")
+@require_token
+def put_stat(_path):
+    subscriber_id = _subscriber()
+    delta = _is_delta()
+    _check_content_type()
+    body = load_body(_body(), subscriber_id)
+    result = _store().put(subscriber_id, body, delta=delta)
+    return jsonify(
+        result="success",
+        subscriber_id=subscriber_id,
+        is_delta=delta,
+        favorites=result.favorites,
+        view_data=result.view_data,
+    )
+
+
+@api.get(f"{PREFIX}/<rest:_path>")
+@require_token
+def get_stat(_path):
+    subscriber_id = _subscriber()
+    _no_query()
+    history = _store().get(subscriber_id)
+    return jsonify(result="success", subscriber_id=subscriber_id, **history)
+
+
+@api.delete(f"{PREFIX}/<rest:_path>")
+@require_token
+def delete_stat(_path):
+    subscriber_id = _subscriber()
+    _no_query()
+    _store().delete(subscriber_id)
+    return "", 204
+
+
+@probes.get("/healthz")
+def healthz():
+    """Liveness: the process answers; Redis is not consulted."""
+    return jsonify(status="ok")
+
+
+@probes.get("/readyz")
+def readyz():
+    """Readiness: Redis answers PING within the client's timeouts."""
+    try:
+        _store().ping()
+    except Exception as exc:  # any failure means "do not route traffic here"
+        current_app.logger.warning("readyz: redis not ready: %s", exc)
+        return error_response(
+            503,
+            "storage not reachable",
+            headers={"Retry-After": str(_settings().RETRY_AFTER_SECONDS)},
+        )
+    return jsonify(status="ready")

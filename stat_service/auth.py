@@ -1,0 +1,203 @@
+"""Bearer tokens (PyJWT, pinned algorithms) and per-subscriber authorization."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import jwt
+from flask import current_app, g, request
+
+from .config import ConfigError, Settings
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+_HMAC = ("HS256", "HS384", "HS512")
+_ASYMMETRIC = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+REALM = 'Bearer realm="stat_service"'
+
+
+class TokenVerifier:
+    """Decodes tokens with the configured key; built once per app."""
+
+    def __init__(self, settings: Settings):
+        configured = [
+            name
+            for name in ("JWT_SECRET", "JWT_PUBLIC_KEY", "JWT_JWKS_URL")
+            if getattr(settings, name)
+        ]
+        if len(configured) != 1:
+            raise ConfigError(
+                "set exactly one of JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL "
+                f"(found: {', '.join(configured) or 'none'})"
+            )
+        self.audience = settings.JWT_AUDIENCE
+        self.issuer = settings.JWT_ISSUER
+        self.leeway = settings.JWT_LEEWAY
+        self.admin_scope = settings.JWT_ADMIN_SCOPE
+        self._jwks = None
+        algorithms = settings.JWT_ALGORITHMS
+        if settings.JWT_SECRET:
+            self._key = settings.JWT_SECRET
+            algorithms = algorithms or ("HS256",)
+            allowed = _HMAC
+        elif settings.JWT_PUBLIC_KEY:
+            self._key, default = _load_public_key(settings.JWT_PUBLIC_KEY)
+            algorithms = algorithms or (default,)
+            allowed = _ASYMMETRIC
+        else:
+            self._key = None
+            self._jwks = jwt.PyJWKClient(
+                settings.JWT_JWKS_URL,
+                cache_keys=True,
+                lifespan=settings.JWT_JWKS_CACHE_SECONDS,
+                timeout=settings.JWT_JWKS_TIMEOUT,
+            )
+            algorithms = algorithms or ("RS256", "ES256")
+            allowed = _ASYMMETRIC
+        bad = [a for a in algorithms if a not in allowed]
+        if bad:
+            # Pinning an HMAC algorithm to a public key is the key-confusion attack.
+            raise ConfigError(
+                f"JWT_ALGORITHMS {bad} cannot be used with {configured[0]}"
+            )
+        self.algorithms = list(algorithms)
+        self._options = {"require": ["exp", "sub"], "verify_aud": bool(self.audience)}
+
+    def decode(self, token: str) -> dict:
+        """The verified claims; raise ApiError 401 (or 503 if JWKS is down)."""
+        try:
+            key = self._signing_key(token)
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options=self._options,
+            )
+        except jwt.PyJWKClientConnectionError as exc:
+            log.warning("JWKS endpoint unavailable: %s", exc)
+            raise ApiError(
+                503,
+                "token keys temporarily unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
+        except (jwt.InvalidTokenError, jwt.PyJWKClientError) as exc:
+            raise invalid_token(_describe(exc)) from None
+        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+            raise invalid_token("sub must be a non-empty string")
+        return claims
+
+    def _signing_key(self, token: str):
+        if self._jwks is None:
+            return self._key
+        return self._jwks.get_signing_key_from_jwt(token).key
+
+    def is_admin(self, claims: dict) -> bool:
+        scopes = claims.get("scope")
+        granted = set(scopes.split()) if isinstance(scopes, str) else set()
+        scp = claims.get("scp")
+        if isinstance(scp, list):
+            granted.update(s for s in scp if isinstance(s, str))
+        elif isinstance(scp, str):
+            granted.update(scp.split())
+        return self.admin_scope in granted
+
+
+def _load_public_key(value: str):
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    text = value if "-----BEGIN" in value else Path(value).read_text()
+    try:
+        key = load_pem_public_key(text.encode())
+    except ValueError as exc:
+        raise ConfigError(f"JWT_PUBLIC_KEY is not a PEM public key: {exc}") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return key, "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key, "ES256"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key, "EdDSA"
+    raise ConfigError("JWT_PUBLIC_KEY must be an RSA, EC or Ed25519 public key")
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "token expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "token not yet valid"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"token lacks the {exc.claim!r} claim"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return "token audience not accepted"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "token issuer not accepted"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "token algorithm not accepted"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "token signature invalid"
+    return "token invalid"
+
+
+def invalid_token(description: str) -> ApiError:
+    return ApiError(
+        401,
+        description,
+        headers={
+            "WWW-Authenticate": (
+                f'{REALM}, error="invalid_token", error_description="{description}"'
+            )
+        },
+    )
+
+
+def _bearer_token() -> str:
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise ApiError(
+            401, "No Authorization Token", headers={"WWW-Authenticate": REALM}
+        )
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token or "," in token:
+        raise invalid_token("malformed Authorization header (expected: Bearer <token>)")
+    return token
+
+
+def require_token(view):
+    """Authenticate the request before anything else; claims go on ``g``."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        verifier: TokenVerifier = current_app.extensions["stat_auth"]
+        g.claims = verifier.decode(_bearer_token())
+        g.is_admin = verifier.is_admin(g.claims)
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def authorize(subscriber_id: str) -> None:
+    """The token's subject is the subscriber, or the token has the admin scope."""
+    if g.claims["sub"] != subscriber_id and not g.is_admin:
+        raise ApiError(
+            403,
+            "token does not grant access to this subscriber",
+            headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope"'},
+        )

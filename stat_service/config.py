@@ -1,0 +1,109 @@
+"""Settings read from the environment, each with its documented default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+DEV_JWT_SECRET = "stat-service-development-secret-do-not-use-in-production"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or unusable; the message says which and why."""
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(
+        part.strip() for part in value.replace(" ", ",").split(",") if part.strip()
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service; the README lists them with these defaults."""
+
+    REDIS_URL: str = "redis://127.0.0.1:6379/0"
+    REDIS_CLUSTER: bool | None = None
+    REDIS_SOCKET_TIMEOUT: float = 0.5
+    REDIS_CONNECT_TIMEOUT: float = 0.25
+    REDIS_RETRIES: int = 1
+    REDIS_MAX_CONNECTIONS: int = 32
+    KEY_PREFIX: str = "stat:"
+    MAX_BODY_BYTES: int = 1024 * 1024
+    MAX_ITEMS: int = 5000
+    JWT_SECRET: str | None = None
+    JWT_PUBLIC_KEY: str | None = None
+    JWT_JWKS_URL: str | None = None
+    JWT_JWKS_TIMEOUT: float = 1.0
+    JWT_JWKS_CACHE_SECONDS: int = 300
+    JWT_ALGORITHMS: tuple[str, ...] = ()
+    JWT_AUDIENCE: str | None = None
+    JWT_ISSUER: str | None = None
+    JWT_LEEWAY: int = 30
+    JWT_ADMIN_SCOPE: str = "stat:admin"
+    RETRY_AFTER_SECONDS: int = 1
+    EMBEDDED_REDIS: bool = False
+    LOG_LEVEL: str = "INFO"
+
+
+_CONVERTERS = {
+    "REDIS_CLUSTER": _bool,
+    "REDIS_SOCKET_TIMEOUT": float,
+    "REDIS_CONNECT_TIMEOUT": float,
+    "REDIS_RETRIES": int,
+    "REDIS_MAX_CONNECTIONS": int,
+    "MAX_BODY_BYTES": int,
+    "MAX_ITEMS": int,
+    "JWT_JWKS_TIMEOUT": float,
+    "JWT_JWKS_CACHE_SECONDS": int,
+    "JWT_ALGORITHMS": _list,
+    "JWT_LEEWAY": int,
+    "RETRY_AFTER_SECONDS": int,
+    "EMBEDDED_REDIS": _bool,
+}
+
+
+def load_settings(overrides: dict | None = None, environ=None) -> Settings:
+    """Defaults, then the environment, then ``overrides`` (a test mapping)."""
+    environ = os.environ if environ is None else environ
+    values: dict = {}
+    for f in fields(Settings):
+        raw = environ.get(f.name)
+        if raw is None or raw == "":
+            continue
+        convert = _CONVERTERS.get(f.name, str)
+        try:
+            values[f.name] = convert(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{f.name}={raw!r} is not valid: {exc}") from None
+    for key, value in (overrides or {}).items():
+        # Keys that are not settings (TESTING, ...) are Flask's business.
+        if key in Settings.__dataclass_fields__:
+            values[key] = value
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if "{" in s.KEY_PREFIX or "}" in s.KEY_PREFIX:
+        raise ConfigError(
+            "KEY_PREFIX must not contain '{' or '}' (it would move the hash tag)"
+        )
+    if s.MAX_BODY_BYTES < 1 or s.MAX_ITEMS < 1:
+        raise ConfigError("MAX_BODY_BYTES and MAX_ITEMS must be positive")
+    if (
+        s.REDIS_RETRIES < 0
+        or s.REDIS_SOCKET_TIMEOUT <= 0
+        or s.REDIS_CONNECT_TIMEOUT <= 0
+    ):
+        raise ConfigError("Redis timeouts must be positive and REDIS_RETRIES >= 0")

@@ -1,0 +1,56 @@
+"""In-memory Redis (fakeredis over TCP) for ``make run`` on a machine without Redis."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+BANNER = """
+************************************************************************
+*  EMBEDDED MODE: no REDIS_URL and nothing answers on 127.0.0.1:6379.  *
+*  Data lives IN MEMORY ONLY (fakeredis at {url:<28}) *
+*  and is lost when the service stops. Set REDIS_URL for real use.     *
+************************************************************************"""
+
+
+def redis_answers(
+    host: str = "127.0.0.1", port: int = 6379, timeout: float = 0.5
+) -> bool:
+    """True when something at host:port replies +PONG to PING."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_fake_redis(host: str = "127.0.0.1", port: int = 0) -> str:
+    """Serve a fakeredis server (with Lua) from a daemon thread; return its URL."""
+    from fakeredis import TcpFakeServer
+
+    server = TcpFakeServer((host, port), server_type="redis")
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True).start()
+    return f"redis://{host}:{server.server_address[1]}/0"
+
+
+def ensure_redis(log) -> None:
+    """Called once in the gunicorn master, before workers fork.
+
+    With REDIS_URL set, nothing happens. Otherwise the local Redis is used
+    when it answers, else an embedded one is started and shared by all
+    workers, and EMBEDDED_REDIS=true tells the app it may use a dev JWT key.
+    """
+    if os.environ.get("REDIS_URL"):
+        return
+    if redis_answers():
+        os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+        log.info("using the local Redis at 127.0.0.1:6379")
+        return
+    url = start_fake_redis()
+    os.environ["REDIS_URL"] = url
+    os.environ["EMBEDDED_REDIS"] = "true"
+    for line in BANNER.format(url=url).splitlines():
+        log.warning(line)

@@ -1,0 +1,39 @@
+-- put_overwrite: replace a subscriber's whole history (isDelta=false).
+--
+-- KEYS[1]  favorites sorted set of the subscriber (member = asset guid,
+--          score = position, 0-based)
+-- KEYS[2]  view-data hash of the subscriber (field = asset id,
+--          value = encoded record, see stat_service/store.py)
+-- ARGV[1]  n, the number of favorites that follow (already de-duplicated)
+-- ARGV[2 .. 1+n]            the favorites, in order
+-- ARGV[2+n ..] in pairs     asset id, encoded record (slots separated by
+--          "|", "" for an absent field, trailing empty slots dropped;
+--          each asset at most once)
+--
+-- Both keys are deleted first, so afterwards the history is exactly the
+-- request. Only the two declared keys are touched. Values are copied as
+-- strings, never turned into Lua numbers.
+-- Returns the number of favorites stored afterwards.
+
+local CHUNK = 1000 -- keeps unpack() far below Lua's C stack limit
+
+local fav, views = KEYS[1], KEYS[2]
+local nfav = tonumber(ARGV[1])
+
+redis.call("DEL", fav, views)
+
+for start = 2, 1 + nfav, CHUNK do
+  local args = {}
+  for i = start, math.min(start + CHUNK - 1, 1 + nfav) do
+    args[#args + 1] = i - 2
+    args[#args + 1] = ARGV[i]
+  end
+  redis.call("ZADD", fav, unpack(args))
+end
+
+for start = 2 + nfav, #ARGV, 2 * CHUNK do
+  local stop = math.min(start + 2 * CHUNK - 1, #ARGV)
+  redis.call("HSET", views, unpack(ARGV, start, stop))
+end
+
+return nfav

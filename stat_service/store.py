@@ -1,0 +1,195 @@
+"""Redis storage of subscriber histories, usable without Flask.
+
+Key schema (``P`` is ``KEY_PREFIX``, default ``stat:``; ``T`` is the
+subscriber's hash tag, see below):
+
+========================  ==========  =========================================
+key                       Redis type  content
+========================  ==========  =========================================
+``P{T}:fav``              sorted set  the favorites ("My List"): member = asset
+                                      guid, score = position (0, 1, 2, ...), so
+                                      ``ZRANGE 0 -1`` gives them in the order
+                                      they were sent
+``P{T}:view``             hash        the view data: field = asset id, value =
+                                      the asset's record, encoded as below
+========================  ==========  =========================================
+
+Hash tag ``T``: the subscriber id, UTF-8, with ``%`` written ``%25``, ``{``
+written ``%7B`` and ``}`` written ``%7D``. Escaping ``%`` keeps the mapping
+one-to-one (two ids never share keys) and no ``}`` can end the tag early, so
+both keys of a subscriber always hash to one Redis Cluster slot and every
+script touches a single slot. ``KEY_PREFIX`` may not contain braces.
+
+Record encoding: the five fields in the order of ``RECORD_FIELDS``, each
+as the exact decimal text the client sent, separated by ``|``; an absent
+field is an empty slot and trailing empty slots are dropped. So ``3|5400``
+is play_count 3 and view_time 5400, ``||310|1764000000000`` is a pause
+position and a last-played time, and ``""`` is a record with no fields.
+A hash per subscriber with compact values costs ~70 bytes a record, a
+fraction of a hash per asset (see the README's storage section).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass
+
+RECORD_FIELDS = (
+    "play_count",
+    "view_time",
+    "pause_time",
+    "last_played_on",
+    "user_rating",
+)
+_INT_FIELDS = frozenset(RECORD_FIELDS[:4])
+_REMOVE = "-"  # patch slot: remove the stored value (a value is never "-")
+_FIELD_INDEX = {name: i for i, name in enumerate(RECORD_FIELDS)}
+_TAG_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+
+
+def hash_tag(subscriber_id: str) -> str:
+    """The subscriber's Redis Cluster hash tag, braces included."""
+    return "{" + subscriber_id.translate(_TAG_ESCAPES) + "}"
+
+
+def _load_lua(name: str) -> str:
+    return (
+        importlib.resources.files(__package__).joinpath(f"lua/{name}.lua").read_text()
+    )
+
+
+def format_value(value: int | float) -> str:
+    """The text stored for a validated number: ints stay ints, floats keep repr."""
+    return str(value) if type(value) is int else repr(value)
+
+
+def parse_value(name: str, text: str) -> int | float:
+    if name in _INT_FIELDS:
+        return int(text)
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def encode_record(record: dict) -> str:
+    """Encode a record for storage; ``None`` values count as absent."""
+    slots = [""] * len(RECORD_FIELDS)
+    for name, value in record.items():
+        if value is not None:
+            slots[_FIELD_INDEX[name]] = format_value(value)
+    return "|".join(slots).rstrip("|")
+
+
+def encode_patch(record: dict) -> str:
+    """Encode a delta: named fields are set, ``None`` removes, the rest keep."""
+    slots = [""] * len(RECORD_FIELDS)
+    for name, value in record.items():
+        slots[_FIELD_INDEX[name]] = _REMOVE if value is None else format_value(value)
+    return "|".join(slots).rstrip("|")
+
+
+def decode_record(asset_id: str, text: str) -> dict:
+    record: dict = {"asset_id": asset_id}
+    if text:
+        for name, slot in zip(RECORD_FIELDS, text.split("|"), strict=False):
+            if slot:
+                record[name] = parse_value(name, slot)
+    return record
+
+
+def _recency_key(record: dict):
+    # Most recently played first, never-played last, then asset id ascending.
+    played = record.get("last_played_on")
+    return (played is None, -(played or 0), record["asset_id"])
+
+
+def dedupe(favorites) -> list[str]:
+    """Favorites in order, a repeated guid kept once at its first position."""
+    return list(dict.fromkeys(favorites))
+
+
+def collapse(view_data, *, delta: bool) -> dict[str, dict]:
+    """One field mapping per asset, in first-seen order; later objects win.
+
+    In delta mode a ``None`` is kept (it removes the stored field); in
+    overwrite mode it is the same as leaving the field out.
+    """
+    merged: dict[str, dict] = {}
+    for item in view_data:
+        fields_ = merged.setdefault(item["asset_id"], {})
+        for name, value in item.items():
+            if name == "asset_id" or (value is None and not delta):
+                continue
+            fields_[name] = value
+    return merged
+
+
+@dataclass(frozen=True)
+class PutResult:
+    favorites: int  # favorites stored after the write
+    view_data: int  # distinct assets the write touched
+
+
+class StatStore:
+    """A subscriber's favorites and view data in Redis, one script per request."""
+
+    def __init__(self, client, prefix: str = "stat:"):
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("prefix must not contain '{' or '}'")
+        self.client = client
+        self.prefix = prefix
+        self._delta = client.register_script(_load_lua("put_delta"))
+        self._overwrite = client.register_script(_load_lua("put_overwrite"))
+        self._read = client.register_script(_load_lua("read"))
+
+    def keys(self, subscriber_id: str) -> tuple[str, str]:
+        """(favorites key, view-data key) of one subscriber."""
+        base = self.prefix + hash_tag(subscriber_id)
+        return base + ":fav", base + ":view"
+
+    def put(self, subscriber_id: str, body: dict, *, delta: bool) -> PutResult:
+        """Apply a validated body (favorites, view_data) atomically, in one call."""
+        script, keys, args, written = self.script_call(subscriber_id, body, delta=delta)
+        return PutResult(favorites=int(script(keys=keys, args=args)), view_data=written)
+
+    def script_call(self, subscriber_id: str, body: dict, *, delta: bool):
+        """(script, keys, args, assets written) for one validated body.
+
+        Split out so a bulk loader can queue the same call on a pipeline.
+        """
+        favorites = body.get("favorites")
+        records = collapse(body.get("view_data") or (), delta=delta)
+        args: list = []
+        if delta:
+            args.append("0" if favorites is None else "1")
+        favorites = dedupe(favorites or ())
+        args.append(len(favorites))
+        args.extend(favorites)
+        encode = encode_patch if delta else encode_record
+        for asset_id, fields_ in records.items():
+            args.append(asset_id)
+            args.append(encode(fields_))
+        script = self._delta if delta else self._overwrite
+        return script, self.keys(subscriber_id), args, len(records)
+
+    def get(self, subscriber_id: str) -> dict:
+        """Favorites in stored order; view data most recently played first."""
+        favorites, flat = self._read(keys=self.keys(subscriber_id))
+        records = [
+            decode_record(_text(flat[i]), _text(flat[i + 1]))
+            for i in range(0, len(flat), 2)
+        ]
+        records.sort(key=_recency_key)
+        return {"favorites": [_text(f) for f in favorites], "view_data": records}
+
+    def delete(self, subscriber_id: str) -> None:
+        """Erase the subscriber's whole history (one DEL of both keys)."""
+        self.client.delete(*self.keys(subscriber_id))
+
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
