@@ -8,7 +8,7 @@ import threading
 
 BANNER = """
 ************************************************************************
-*  EMBEDDED MODE: no REDIS_URL and nothing answers on 127.0.0.1:6379.  *
+*  EMBEDDED MODE: no REDIS_URL and no local Redis answers PING.        *
 *  Data lives IN MEMORY ONLY (fakeredis at {url:<28}) *
 *  and is lost when the service stops. Set REDIS_URL for real use.     *
 ************************************************************************"""
@@ -39,15 +39,16 @@ def start_fake_redis(host: str = "127.0.0.1", port: int = 0) -> str:
 def ensure_redis(log) -> None:
     """Called once in the gunicorn master, before workers fork.
 
-    With REDIS_URL set, nothing happens. Otherwise the local Redis is used
-    when it answers, else an embedded one is started and shared by all
+    With REDIS_URL set, nothing happens. Otherwise the local Redis (port
+    LOCAL_REDIS_PORT, default 6379) is used when it answers, else an embedded one is started and shared by all
     workers, and EMBEDDED_REDIS=true tells the app it may use a dev JWT key.
     """
     if os.environ.get("REDIS_URL"):
         return
-    if redis_answers():
-        os.environ["REDIS_URL"] = "redis://127.0.0.1:6379/0"
-        log.info("using the local Redis at 127.0.0.1:6379")
+    port = int(os.environ.get("LOCAL_REDIS_PORT", "6379"))
+    if redis_answers(port=port):
+        os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        log.info("using the local Redis at 127.0.0.1:%d", port)
         return
     url = start_fake_redis()
     os.environ["REDIS_URL"] = url
