@@ -17,6 +17,10 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Request bodies are capped by MAX_BODY_BYTES in the app; bound header sizes here.
 limit_request_line = 8190
+# Gunicorn's control socket has one default path per user, which several
+# instances on one machine (tests, benchmarks) would fight over: opt in.
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
+control_socket_disable = not control_socket
 
 
 def on_starting(server):

@@ -40,8 +40,9 @@ def ensure_redis(log) -> None:
     """Called once in the gunicorn master, before workers fork.
 
     With REDIS_URL set, nothing happens. Otherwise the local Redis (port
-    LOCAL_REDIS_PORT, default 6379) is used when it answers, else an embedded one is started and shared by all
-    workers, and EMBEDDED_REDIS=true tells the app it may use a dev JWT key.
+    LOCAL_REDIS_PORT, default 6379) is used when it answers, else an
+    embedded one is started and shared by all workers, and
+    EMBEDDED_REDIS=true tells the app it may use a dev JWT key.
     """
     if os.environ.get("REDIS_URL"):
         return

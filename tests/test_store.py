@@ -1,0 +1,150 @@
+"""The store without Flask: key schema, hash tags, record encoding, memory."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from stat_service.store import (
+    RECORD_FIELDS,
+    StatStore,
+    decode_record,
+    encode_patch,
+    encode_record,
+    hash_tag,
+)
+from tests.support import RedisServer
+
+AWKWARD_IDS = [
+    "user@example.org",
+    "a{b}",
+    "{",
+    "}",
+    "}{",
+    "{}",
+    "a%7Bb%7D",
+    "%",
+    "%25",
+    "x}",
+    "x%7D",
+    "a:b",
+    "a b",
+    "a/b",
+    "Ünïcødé-用户",
+    "A",
+    "a",
+    "{user}",
+    "%7B",
+]
+
+
+def test_hash_tag_is_one_to_one_for_awkward_ids():
+    tags = [hash_tag(i) for i in AWKWARD_IDS]
+    assert len(set(tags)) == len(AWKWARD_IDS)
+
+
+@pytest.mark.parametrize("subscriber_id", AWKWARD_IDS)
+def test_hash_tag_has_no_inner_braces(subscriber_id):
+    inner = hash_tag(subscriber_id)[1:-1]
+    assert "{" not in inner and "}" not in inner
+    assert inner  # never an empty tag, which Redis would ignore
+
+
+@pytest.mark.parametrize("subscriber_id", AWKWARD_IDS)
+def test_both_keys_of_a_subscriber_share_one_slot(subscriber_id):
+    store = StatStore(client=_NoRedis(), prefix="p:")
+    fav, view = store.keys(subscriber_id)
+    assert key_slot(fav.encode()) == key_slot(view.encode())
+    # The slot is the tag's, whatever the prefix.
+    other = StatStore(client=_NoRedis(), prefix="other-prefix:")
+    assert key_slot(other.keys(subscriber_id)[0].encode()) == key_slot(fav.encode())
+
+
+def test_prefix_with_braces_is_refused():
+    with pytest.raises(ValueError):
+        StatStore(client=_NoRedis(), prefix="a{b}:")
+
+
+def test_record_encoding_round_trips_every_field_combination():
+    rnd = random.Random(7)
+    values = {
+        "play_count": [0, 1, 9007199254740991],
+        "view_time": [0, 5400],
+        "pause_time": [0, 310],
+        "last_played_on": [0, 1764000000000],
+        "user_rating": [0, 5, 3.5, 4.0, 0.1],
+    }
+    for mask in range(1 << len(RECORD_FIELDS)):
+        record = {
+            name: rnd.choice(values[name])
+            for i, name in enumerate(RECORD_FIELDS)
+            if mask >> i & 1
+        }
+        decoded = decode_record("a", encode_record(record))
+        assert decoded == {"asset_id": "a", **record}
+        # Types survive too: 4 stays int, 4.0 stays float.
+        for name, value in record.items():
+            assert type(decoded[name]) is type(value)
+
+
+def test_record_encoding_is_compact():
+    assert encode_record({}) == ""
+    assert encode_record({"play_count": 3, "view_time": 5400}) == "3|5400"
+    assert encode_record({"pause_time": 310}) == "||310"
+    assert encode_record({"user_rating": 3.5}) == "||||3.5"
+    assert encode_record({"play_count": None, "pause_time": 1}) == "||1"
+
+
+def test_patch_encoding_marks_removals():
+    assert encode_patch({"play_count": None, "pause_time": 7}) == "-||7"
+    assert encode_patch({}) == ""
+
+
+class _NoRedis:
+    """Enough of a client to build a store without a server."""
+
+    def register_script(self, source):
+        return source
+
+
+@pytest.mark.real_redis
+def test_memory_per_record_is_at_most_80_bytes():
+    """MEMORY USAGE of the view hashes, per record, on a stock redis-server.
+
+    1,000 subscribers x 100 assets and 200 x 500 assets, every field set,
+    asset ids of 12 characters. The figures are printed (pytest -s).
+    """
+    server = RedisServer().start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        store = StatStore(client, prefix="m:")
+        rnd = random.Random(1)
+        for subscribers, assets in ((1000, 100), (200, 500)):
+            client.flushall()  # a private server of this test only
+            for s in range(subscribers):
+                view_data = [
+                    {
+                        "asset_id": f"asset-{a:06d}",
+                        "play_count": rnd.randrange(50),
+                        "view_time": rnd.randrange(100_000),
+                        "pause_time": rnd.randrange(7200),
+                        "last_played_on": 1764000000000 + rnd.randrange(10**9),
+                        "user_rating": rnd.choice([1, 2, 3, 3.5, 4, 4.5, 5]),
+                    }
+                    for a in range(assets)
+                ]
+                store.put(f"user{s}@example.org", {"view_data": view_data}, delta=False)
+            total = records = 0
+            for key in client.scan_iter(match="m:*:view", count=1000):
+                total += client.memory_usage(key, samples=0)
+                records += client.hlen(key)
+            per_record = total / records
+            print(f"{subscribers} x {assets}: {per_record:.1f} bytes per record")
+            assert records == subscribers * assets
+            assert per_record <= 80
+        client.close()
+    finally:
+        server.cleanup()
