@@ -25,6 +25,7 @@ class RestOfPath(BaseConverter):
 
     regex = ".*"
     weight = 200
+    part_isolating = False  # the id may contain "/" (API.md section 6)
 
 
 def _store() -> StatStore:
@@ -47,7 +48,8 @@ def _raw_path() -> bytes:
     path = uri.split("?", 1)[0]
     if "://" in path:  # absolute-form request target
         path = "/" + path.split("://", 1)[1].partition("/")[2]
-    raw = unquote_to_bytes(path)
+    # WSGI text holds one byte per character: back to bytes before decoding.
+    raw = unquote_to_bytes(path.encode("latin-1"))
     script = environ.get("SCRIPT_NAME", "").encode("latin-1")
     return raw[len(script) :] if script and raw.startswith(script) else raw
 
