@@ -24,6 +24,12 @@ control_socket_disable = not control_socket
 
 
 def on_starting(server):
+    from stat_service import ConfigError, check_config
     from stat_service.embedded import ensure_redis
 
     ensure_redis(server.log)
+    try:
+        check_config()  # one clear line now, not a traceback per worker later
+    except ConfigError as exc:
+        server.log.error("configuration error: %s", exc)
+        raise SystemExit(2) from None

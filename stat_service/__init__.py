@@ -14,25 +14,43 @@ from .store import StatStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["create_app", "ConfigError", "StatStore"]
+__all__ = ["create_app", "check_config", "ConfigError", "StatStore"]
+
+
+def _effective_settings(config: dict | None, *, warn: bool):
+    settings = load_settings(config)
+    if settings.EMBEDDED_REDIS and not (
+        settings.JWT_SECRET or settings.JWT_PUBLIC_KEY or settings.JWT_JWKS_URL
+    ):
+        if warn:
+            log.warning(
+                "EMBEDDED MODE: no JWT key configured, using the development "
+                "secret %r (never in production)",
+                DEV_JWT_SECRET,
+            )
+        settings = load_settings({**(config or {}), "JWT_SECRET": DEV_JWT_SECRET})
+    return settings
+
+
+def check_config(config: dict | None = None) -> None:
+    """Raise ConfigError for unusable settings, without touching Redis."""
+    from .redis_client import make_client
+
+    settings = _effective_settings(config, warn=False)
+    TokenVerifier(settings)
+    try:
+        make_client(settings).close()  # parses REDIS_URL; connects lazily
+    except ValueError as exc:
+        raise ConfigError(f"REDIS_URL: {exc}") from None
 
 
 def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
     """Build the app: defaults, then the environment, then ``config``."""
-    settings = load_settings(config)
     logging.basicConfig(
-        level=settings.LOG_LEVEL.upper(),
+        level=load_settings(config).LOG_LEVEL.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if settings.EMBEDDED_REDIS and not (
-        settings.JWT_SECRET or settings.JWT_PUBLIC_KEY or settings.JWT_JWKS_URL
-    ):
-        log.warning(
-            "EMBEDDED MODE: no JWT key configured, using the development secret %r "
-            "(never in production)",
-            DEV_JWT_SECRET,
-        )
-        settings = load_settings({**(config or {}), "JWT_SECRET": DEV_JWT_SECRET})
+    settings = _effective_settings(config, warn=True)
 
     app = Flask(__name__)
     app.config.update(config or {})

@@ -105,9 +105,16 @@ def _check_content_type() -> None:
 
 
 def _body() -> dict:
-    raw = request.get_data(
-        cache=False
-    )  # 413 past MAX_BODY_BYTES, with or without Content-Length
+    # Werkzeug answers 413 when Content-Length is over MAX_CONTENT_LENGTH,
+    # but silently stops a chunked body at the limit: look one byte further.
+    raw = request.get_data(cache=False)
+    limit = _settings().MAX_BODY_BYTES
+    if (
+        request.content_length is None
+        and len(raw) >= limit
+        and request.environ["wsgi.input"].read(1)
+    ):
+        raise ApiError(413, f"body larger than {limit} bytes")
     if not raw:
         raise ApiError(400, "body is empty: send a JSON object")
     try:
