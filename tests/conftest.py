@@ -98,7 +98,9 @@ def snapshot(redis_client, key_prefix):
     return lambda: dump(redis_client, key_prefix)
 
 
-def make_token(sub=SUB, *, admin=False, ttl=60, secret=SECRET, algorithm="HS256", **claims):
+def make_token(
+    sub=SUB, *, admin=False, ttl=60, secret=SECRET, algorithm="HS256", **claims
+):
     payload = {"sub": sub, "exp": int(time.time()) + ttl, **claims}
     if admin:
         payload["scope"] = "stat:admin"
