@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 
 from . import errors
-from .api import RestOfPath, api, probes
+from .api import RestOfPath, probes_bp, stat_bp
 from .auth import TokenVerifier
 from .config import DEV_JWT_SECRET, ConfigError, load_settings
 from .store import StatStore
@@ -67,6 +67,6 @@ def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
     app.extensions["stat_auth"] = TokenVerifier(settings)
 
     errors.register(app)
-    app.register_blueprint(api)
-    app.register_blueprint(probes)
+    app.register_blueprint(stat_bp)
+    app.register_blueprint(probes_bp)
     return app

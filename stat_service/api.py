@@ -16,8 +16,8 @@ from .store import StatStore
 PREFIX = "/metax/3.0/ui/user/stat"
 _PREFIX_BYTES = (PREFIX + "/").encode()
 
-api = Blueprint("stat", __name__)
-probes = Blueprint("probes", __name__)
+stat_bp = Blueprint("stat", __name__)
+probes_bp = Blueprint("probes", __name__)
 
 
 class RestOfPath(BaseConverter):
@@ -138,7 +138,7 @@ def _subscriber() -> str:
     return subscriber_id
 
 
-@api.put(f"{PREFIX}/<rest:_path>")
+@stat_bp.put(f"{PREFIX}/<rest:_path>")
 @require_token
 def put_stat(_path):
     subscriber_id = _subscriber()
@@ -155,7 +155,7 @@ def put_stat(_path):
     )
 
 
-@api.get(f"{PREFIX}/<rest:_path>")
+@stat_bp.get(f"{PREFIX}/<rest:_path>")
 @require_token
 def get_stat(_path):
     subscriber_id = _subscriber()
@@ -164,7 +164,7 @@ def get_stat(_path):
     return jsonify(result="success", subscriber_id=subscriber_id, **history)
 
 
-@api.delete(f"{PREFIX}/<rest:_path>")
+@stat_bp.delete(f"{PREFIX}/<rest:_path>")
 @require_token
 def delete_stat(_path):
     subscriber_id = _subscriber()
@@ -173,13 +173,13 @@ def delete_stat(_path):
     return "", 204
 
 
-@probes.get("/healthz")
+@probes_bp.get("/healthz")
 def healthz():
     """Liveness: the process answers; Redis is not consulted."""
     return jsonify(status="ok")
 
 
-@probes.get("/readyz")
+@probes_bp.get("/readyz")
 def readyz():
     """Readiness: Redis answers PING within the client's timeouts."""
     try:

@@ -60,11 +60,15 @@ class TokenVerifier:
             allowed = _ASYMMETRIC
         else:
             self._key = None
+            # The key set is cached for JWT_JWKS_CACHE_SECONDS; no per-kid
+            # cache (cache_keys), which would keep a revoked key for ever.
             self._jwks = jwt.PyJWKClient(
                 settings.JWT_JWKS_URL,
-                cache_keys=True,
+                cache_keys=False,
+                cache_jwk_set=True,
                 lifespan=settings.JWT_JWKS_CACHE_SECONDS,
                 timeout=settings.JWT_JWKS_TIMEOUT,
+                cooldown_duration=settings.JWT_JWKS_REFRESH_COOLDOWN,
             )
             algorithms = algorithms or ("RS256", "ES256")
             allowed = _ASYMMETRIC

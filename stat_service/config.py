@@ -45,6 +45,7 @@ class Settings:
     JWT_JWKS_URL: str | None = None
     JWT_JWKS_TIMEOUT: float = 1.0
     JWT_JWKS_CACHE_SECONDS: int = 300
+    JWT_JWKS_REFRESH_COOLDOWN: float = 5.0
     JWT_ALGORITHMS: tuple[str, ...] = ()
     JWT_AUDIENCE: str | None = None
     JWT_ISSUER: str | None = None
@@ -65,6 +66,7 @@ _CONVERTERS = {
     "MAX_ITEMS": int,
     "JWT_JWKS_TIMEOUT": float,
     "JWT_JWKS_CACHE_SECONDS": int,
+    "JWT_JWKS_REFRESH_COOLDOWN": float,
     "JWT_ALGORITHMS": _list,
     "JWT_LEEWAY": int,
     "RETRY_AFTER_SECONDS": int,
