@@ -6,7 +6,7 @@ PORT ?= 8080
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint format token clean
+.PHONY: help venv run test test-fast lint format token clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,3 +41,6 @@ token: $(VENV)/.installed ## print a dev token: make token SUB=user@example.org 
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+bench: $(VENV)/.installed ## benchmark against a bare-Flask ceiling (bench/README.md)
+	$(PY) bench/run.py
