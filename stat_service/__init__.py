@@ -10,6 +10,7 @@ from . import errors
 from .api import RestOfPath, probes_bp, stat_bp
 from .auth import TokenVerifier
 from .config import DEV_JWT_SECRET, ConfigError, load_settings
+from .jsonprovider import OrjsonProvider
 from .store import StatStore
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
     settings = _effective_settings(config, warn=True)
 
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     app.config.update(config or {})
     app.config["STAT"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.MAX_BODY_BYTES

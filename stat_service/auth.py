@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+import time
 from pathlib import Path
 
 import jwt
@@ -80,9 +82,17 @@ class TokenVerifier:
             )
         self.algorithms = list(algorithms)
         self._options = {"require": ["exp", "sub"], "verify_aud": bool(self.audience)}
+        self._cache = TokenCache(settings.JWT_CACHE_SIZE, settings.JWT_CACHE_SECONDS)
 
     def decode(self, token: str) -> dict:
         """The verified claims; raise ApiError 401 (or 503 if JWKS is down)."""
+        claims = self._cache.get(token)
+        if claims is None:
+            claims = self._verify(token)
+            self._cache.put(token, claims, claims["exp"] + self.leeway)
+        return claims
+
+    def _verify(self, token: str) -> dict:
         try:
             key = self._signing_key(token)
             claims = jwt.decode(
@@ -121,6 +131,41 @@ class TokenVerifier:
         elif isinstance(scp, str):
             granted.update(scp.split())
         return self.admin_scope in granted
+
+
+class TokenCache:
+    """Verified claims by token, bounded in size and age, never past ``exp``.
+
+    Verifying a signature costs more than the rest of a small request, and
+    apps send the same token for many requests. Only tokens that passed
+    every check are kept, each until the earlier of its ``exp`` (plus the
+    leeway) and ``ttl`` seconds from now, so a key removed from a JWKS stops
+    working within ``ttl``. ``ttl`` or ``size`` of 0 turns the cache off.
+    """
+
+    def __init__(self, size: int, ttl: float):
+        self.size = size
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, dict]] = {}
+        self._lock = threading.Lock()  # gthread workers share one cache
+
+    def get(self, token: str) -> dict | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        if entry[0] <= time.time():
+            self._entries.pop(token, None)
+            return None
+        return entry[1]
+
+    def put(self, token: str, claims: dict, expires_at: float) -> None:
+        if self.size <= 0 or self.ttl <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.size:
+                # Drop the oldest entry (dicts keep insertion order).
+                self._entries.pop(next(iter(self._entries)), None)
+            self._entries[token] = (min(expires_at, time.time() + self.ttl), claims)
 
 
 def _load_public_key(value: str):

@@ -51,6 +51,8 @@ class Settings:
     JWT_ISSUER: str | None = None
     JWT_LEEWAY: int = 30
     JWT_ADMIN_SCOPE: str = "stat:admin"
+    JWT_CACHE_SIZE: int = 10000
+    JWT_CACHE_SECONDS: float = 60.0
     RETRY_AFTER_SECONDS: int = 1
     EMBEDDED_REDIS: bool = False
     LOG_LEVEL: str = "INFO"
@@ -69,6 +71,8 @@ _CONVERTERS = {
     "JWT_JWKS_REFRESH_COOLDOWN": float,
     "JWT_ALGORITHMS": _list,
     "JWT_LEEWAY": int,
+    "JWT_CACHE_SIZE": int,
+    "JWT_CACHE_SECONDS": float,
     "RETRY_AFTER_SECONDS": int,
     "EMBEDDED_REDIS": _bool,
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields
 
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_ID_LENGTH = 256
@@ -13,49 +13,74 @@ MAX_ID_LENGTH = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _no_control_characters(value: str) -> None:
-    if _CONTROL.search(value):
-        raise ValidationError("Must not contain control characters.")
-
-
 def has_control_characters(value: str) -> bool:
     return _CONTROL.search(value) is not None
 
 
-class Guid(fields.String):
+# The fields below check type and bounds in one method instead of through
+# marshmallow validator lists: the same rules, at about half the cost on a
+# request's hundreds of values (see the README's performance section).
+
+
+class _Checked:
+    """Skips marshmallow's validator pass: these fields have no validators."""
+
+    def _validate(self, value):
+        if self.validators:
+            super()._validate(value)
+
+
+class Guid(_Checked, fields.String):
     """A non-empty asset id of at most 256 characters, no control characters."""
 
-    def __init__(self, **kwargs):
-        super().__init__(
-            validate=[
-                validate.Length(min=1, max=MAX_ID_LENGTH),
-                _no_control_characters,
-            ],
-            **kwargs,
-        )
+    default_error_messages = {
+        "length": f"Length must be between 1 and {MAX_ID_LENGTH}.",
+        "control": "Must not contain control characters.",
+    }
 
-
-class Count(fields.Integer):
-    """A JSON integer from 0 to 2**53 - 1 (no bools, floats or strings)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(
-            strict=True, validate=validate.Range(min=0, max=MAX_SAFE_INTEGER), **kwargs
-        )
-
-
-class Rating(fields.Float):
-    """A JSON number from 0 to 5; an integer stays an integer."""
-
-    def _format_num(self, value):
-        if type(value) not in (int, float):
-            raise TypeError("not a JSON number")
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        if not 0 < len(value) <= MAX_ID_LENGTH:
+            raise self.make_error("length")
+        if _CONTROL.search(value):
+            raise self.make_error("control")
         return value
 
-    def _validated(self, value):
-        value = super()._validated(value)
-        if type(value) is float and not math.isfinite(value):
+
+class Count(_Checked, fields.Integer):
+    """A JSON integer from 0 to 2**53 - 1 (no bools, floats or strings)."""
+
+    default_error_messages = {
+        "range": f"Must be greater than or equal to 0 and less than or equal to "
+        f"{MAX_SAFE_INTEGER}.",
+    }
+
+    def __init__(self, **kwargs):
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if type(value) is not int:  # bool is an int subclass: refused too
+            raise self.make_error("invalid")
+        if not 0 <= value <= MAX_SAFE_INTEGER:
+            raise self.make_error("range")
+        return value
+
+
+class Rating(_Checked, fields.Float):
+    """A JSON number from 0 to 5; an integer stays an integer."""
+
+    default_error_messages = {
+        "range": "Must be greater than or equal to 0 and less than or equal to 5.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        kind = type(value)
+        if kind is not int and kind is not float:  # no bools, no strings
+            raise self.make_error("invalid")
+        if kind is float and not math.isfinite(value):
             raise self.make_error("special")
+        if not 0 <= value <= 5:
+            raise self.make_error("range")
         return value
 
 
@@ -70,7 +95,7 @@ class ViewDataSchema(Schema):
     view_time = Count(allow_none=True)
     pause_time = Count(allow_none=True)
     last_played_on = Count(allow_none=True)
-    user_rating = Rating(allow_none=True, validate=validate.Range(min=0, max=5))
+    user_rating = Rating(allow_none=True)
 
 
 class StatBodySchema(Schema):

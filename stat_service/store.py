@@ -64,12 +64,10 @@ def format_value(value: int | float) -> str:
 
 
 def parse_value(name: str, text: str) -> int | float:
-    if name in _INT_FIELDS:
-        return int(text)
-    try:
-        return int(text)
-    except ValueError:
+    # A float's repr always has "." or "e"; an int's text never does.
+    if name == "user_rating" and ("." in text or "e" in text):
         return float(text)
+    return int(text)
 
 
 def encode_record(record: dict) -> str:
@@ -175,13 +173,15 @@ class StatStore:
 
     def get(self, subscriber_id: str) -> dict:
         """Favorites in stored order; view data most recently played first."""
-        favorites, flat = self._read(keys=self.keys(subscriber_id))
-        records = [
-            decode_record(_text(flat[i]), _text(flat[i + 1]))
-            for i in range(0, len(flat), 2)
-        ]
+        reply = self._read(keys=self.keys(subscriber_id))
+        favorites, _, views = _text(reply).partition("\x1e")
+        flat = views.split("\x1f") if views else []
+        records = [decode_record(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
         records.sort(key=_recency_key)
-        return {"favorites": [_text(f) for f in favorites], "view_data": records}
+        return {
+            "favorites": favorites.split("\x1f") if favorites else [],
+            "view_data": records,
+        }
 
     def delete(self, subscriber_id: str) -> None:
         """Erase the subscriber's whole history (one DEL of both keys)."""

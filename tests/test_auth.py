@@ -7,6 +7,7 @@ import functools
 import hmac
 import json
 import socket
+import sys
 import threading
 import time
 import types
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from stat_service import ConfigError, create_app
-from tests.conftest import PATH, SECRET, SUB, make_token
+from tests.conftest import PATH, SECRET, SUB, bearer, make_token
 from tests.support import free_port
 
 OTHER = "other@example.org"
@@ -444,11 +445,14 @@ def jwks_client(make_client, jwks):
 
 @pytest.fixture
 def clock(monkeypatch):
-    """Moves the JWKS client's clock (cache lifetime, refetch cooldown)."""
+    """Moves the clocks of the JWKS client (cache lifetime, refetch cooldown)
+    and of the service's verified-token cache."""
     shim = types.SimpleNamespace(offset=0.0)
     shim.monotonic = lambda: time.monotonic() + shim.offset
+    shim.time = lambda: time.time() + shim.offset
     monkeypatch.setattr(jwt.jwks_client, "time", shim)
     monkeypatch.setattr(jwt.jwk_set_cache, "time", shim)
+    monkeypatch.setattr(sys.modules["stat_service.auth"], "time", shim)
     return shim
 
 
@@ -701,3 +705,39 @@ def test_token_for_another_subscriber_is_403_whatever_else_is_wrong(
     resp = client.open(path, method=method, headers=token_for(OTHER), **kwargs)
     error_body(resp, 403, "FORBIDDEN")
     assert snapshot() == before
+
+
+def test_cached_token_is_refused_once_it_expires(make_client):
+    """The verified-token cache never outlives the token's exp."""
+    client = make_client(JWT_LEEWAY=0)
+    exp = int(time.time()) + 2
+    headers = {"Authorization": "Bearer " + make_token(exp=exp)}
+    assert put(client, headers).status_code == 200
+    assert put(client, headers).status_code == 200  # served from the cache
+    while time.time() < exp + 0.2:
+        time.sleep(0.1)
+    resp = put(client, headers)
+    assert resp.status_code == 401
+    assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+
+
+def test_cached_token_still_reaches_only_its_own_subscriber(make_client):
+    client = make_client()
+    headers = bearer(SUB)
+    assert put(client, headers).status_code == 200
+    assert put(client, headers, sub=OTHER).status_code == 403
+
+
+def test_token_cache_is_bounded(make_client):
+    client = make_client(JWT_CACHE_SIZE=3)
+    tokens = [make_token(jti=str(i)) for i in range(10)]
+    for token in tokens:
+        assert put(client, {"Authorization": "Bearer " + token}).status_code == 200
+    cache = client.application.extensions["stat_auth"]._cache
+    assert list(cache._entries) == tokens[-3:]
+
+
+def test_token_cache_can_be_turned_off(make_client):
+    client = make_client(JWT_CACHE_SECONDS=0)
+    assert put(client, bearer(SUB)).status_code == 200
+    assert client.application.extensions["stat_auth"]._cache._entries == {}

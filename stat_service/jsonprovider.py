@@ -1,0 +1,19 @@
+"""Flask JSON provider that writes responses with orjson.
+
+Responses only: request bodies are parsed by ``strictjson`` (orjson would
+silently accept duplicate keys, which the contract refuses).
+"""
+
+from __future__ import annotations
+
+import orjson
+from flask.json.provider import DefaultJSONProvider
+
+
+class OrjsonProvider(DefaultJSONProvider):
+    def dumps(self, obj, **kwargs) -> str:
+        return orjson.dumps(obj).decode()
+
+    def response(self, *args, **kwargs):
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(orjson.dumps(obj), mimetype="application/json")
