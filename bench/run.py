@@ -402,7 +402,11 @@ class Monitor(threading.Thread):
                 if source_end < 0:
                     continue
                 source = line[line.find(b"[") + 1 : source_end].split(b" ", 1)[-1]
-                command = line[source_end + 2 :].split(b'"', 2)[1].decode().lower()
+                words = line[source_end + 2 :].split(b'"')
+                command = words[1].decode().lower()
+                if command == "client" and len(words) > 3:
+                    # "client" "setname" ...: named like INFO commandstats does
+                    command += "|" + words[3].decode().lower()
                 (self.lua if source == b"lua" else self.client)[command] += 1
 
     def stop(self) -> None:

@@ -16,4 +16,7 @@ class OrjsonProvider(DefaultJSONProvider):
 
     def response(self, *args, **kwargs):
         obj = self._prepare_response_obj(args, kwargs)
-        return self._app.response_class(orjson.dumps(obj), mimetype="application/json")
+        # content_type (not mimetype): the header as is, no charset handling.
+        return self._app.response_class(
+            orjson.dumps(obj), content_type="application/json"
+        )

@@ -106,7 +106,8 @@ class StatBodySchema(Schema):
 
     user_id = fields.String()
     favorites = fields.List(Guid())
-    view_data = fields.List(fields.Nested(ViewDataSchema))
+    # Nested(many=True) loads the list in one pass: cheaper than List(Nested).
+    view_data = fields.Nested(ViewDataSchema, many=True)
 
 
 BODY_SCHEMA = StatBodySchema()

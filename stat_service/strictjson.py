@@ -10,6 +10,9 @@ MAX_INT_DIGITS = 20
 MAX_FLOAT_CHARS = 64
 
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+# Only a text with a run of this many digits can hold a number literal that
+# is too long; others skip the (per-number, Python-level) length hooks.
+_LONG_DIGIT_RUN = re.compile(rf"[0-9]{{{MAX_INT_DIGITS + 1}}}")
 
 
 class JSONBodyError(ValueError):
@@ -44,6 +47,9 @@ def _no_duplicates(pairs):
 
 
 _DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
+)
+_LENGTH_CHECKING_DECODER = json.JSONDecoder(
     object_pairs_hook=_no_duplicates,
     parse_constant=_reject_constant,
     parse_int=_parse_int,
@@ -75,7 +81,8 @@ def loads(raw: bytes):
     if text.startswith("\ufeff"):
         raise JSONBodyError("byte order mark is not allowed")
     try:
-        value = _DECODER.decode(text)
+        decoder = _LENGTH_CHECKING_DECODER if _LONG_DIGIT_RUN.search(text) else _DECODER
+        value = decoder.decode(text)
     except JSONBodyError:
         raise
     except json.JSONDecodeError as exc:
