@@ -38,6 +38,17 @@ def redis_ping(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
+def terminate(proc: subprocess.Popen | None, timeout: float = 10) -> None:
+    """SIGTERM a child process, SIGKILL it if it is still there after timeout."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class RedisServer:
     """A throwaway redis-server on a free loopback port, stopped by pid."""
 
@@ -83,13 +94,7 @@ class RedisServer:
             os.kill(self.proc.pid, signum)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def kill(self) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from stat_service.config import DEV_JWT_SECRET, Settings
 from tests.conftest import PATH, SECRET, make_token
-from tests.support import RedisServer, free_port
+from tests.support import RedisServer, free_port, terminate
 
 pytestmark = pytest.mark.gunicorn
 
@@ -201,13 +201,7 @@ class Service:
             pytest.fail(f"gunicorn still running after {timeout}s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
