@@ -17,6 +17,9 @@ from stat_service import create_app
 from stat_service.config import Settings
 from tests.support import INSTALL_HINT, RedisServer, delete_prefix, dump, redis_ping
 
+# Fixtures for tests that run the service under gunicorn.
+pytest_plugins = ["tests.harness"]
+
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
 SUB = "user@example.org"
 PATH = "/metax/3.0/ui/user/stat/"
