@@ -1,7 +1,19 @@
-"""Gunicorn settings, driven by environment variables (see the README)."""
+"""Gunicorn settings, driven by environment variables (README: Operations)."""
 
 import multiprocessing
 import os
+import shutil
+import tempfile
+
+# Metrics: every worker writes its samples under PROMETHEUS_MULTIPROC_DIR and
+# /metrics sums them. It must be set before the app (prometheus_client) is
+# imported anywhere, hence here, at the top. A directory of our own is made
+# when none is given, and wiped at start either way (stale samples of an
+# earlier run would be added in).
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="stat-metrics-")
+metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
@@ -9,15 +21,47 @@ worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 # Redis calls give up after about a second, far inside this.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+# On SIGTERM, requests in flight get this long to finish.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "10000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "1000"))
-# An empty GUNICORN_ACCESSLOG turns the access log off.
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
+# Heartbeat files in memory, not on a disk that may stall.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# Which proxies may set X-Forwarded-* (comma-separated IPs, or *).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+# The app logs one JSON line per request; gunicorn's access log is opt-in.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-# Request bodies are capped by MAX_BODY_BYTES in the app; bound header sizes here.
+_formatter = (
+    {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    if os.environ.get("LOG_FORMAT", "json") == "text"
+    else {"()": "stat_service.logs.JsonFormatter"}
+)
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"main": _formatter},
+    "handlers": {
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "formatter": "main",
+            "stream": "ext://sys.stdout",
+        }
+    },
+    "root": {"handlers": ["stdout"], "level": loglevel.upper()},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stdout"], "propagate": False},
+        # With a logconfig_dict gunicorn always emits access records; they
+        # are dropped here unless GUNICORN_ACCESSLOG asks for them.
+        "gunicorn.access": {
+            "handlers": ["stdout"] if accesslog else [],
+            "level": "INFO" if accesslog else "CRITICAL",
+            "propagate": False,
+        },
+    },
+}
 limit_request_line = 8190
 # Gunicorn's control socket has one default path per user, which several
 # instances on one machine (tests, benchmarks) would fight over: opt in.
@@ -26,6 +70,10 @@ control_socket_disable = not control_socket
 
 
 def on_starting(server):
+    for name in os.listdir(metrics_dir):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(metrics_dir, name))
+
     from stat_service import ConfigError, check_config
     from stat_service.embedded import ensure_redis
 
@@ -35,3 +83,15 @@ def on_starting(server):
     except ConfigError as exc:
         server.log.error("configuration error: %s", exc)
         raise SystemExit(2) from None
+
+
+def child_exit(server, worker):
+    # Live gauges of a dead worker must not count (counters are kept).
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

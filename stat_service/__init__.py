@@ -6,11 +6,12 @@ import logging
 
 from flask import Flask
 
-from . import errors
+from . import errors, logs, observability
 from .api import RestOfPath, probes_bp, stat_bp
 from .auth import TokenVerifier
 from .config import DEV_JWT_SECRET, ConfigError, load_settings
 from .jsonprovider import OrjsonProvider
+from .observability import metrics_bp
 from .store import StatStore
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,8 @@ def check_config(config: dict | None = None) -> None:
 
 def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
     """Build the app: defaults, then the environment, then ``config``."""
-    logging.basicConfig(
-        level=load_settings(config).LOG_LEVEL.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    raw = load_settings(config)
+    logs.configure(raw.LOG_LEVEL, raw.LOG_FORMAT)
     settings = _effective_settings(config, warn=True)
 
     app = Flask(__name__)
@@ -69,6 +68,8 @@ def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
     app.extensions["stat_auth"] = TokenVerifier(settings)
 
     errors.register(app)
+    observability.install(app)
     app.register_blueprint(stat_bp)
     app.register_blueprint(probes_bp)
+    app.register_blueprint(metrics_bp)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote_to_bytes
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from . import strictjson
@@ -134,6 +134,7 @@ def _body() -> dict:
 
 def _subscriber() -> str:
     subscriber_id = subscriber_id_from_path()
+    g.subscriber_id = subscriber_id  # for the request log (hashed there)
     authorize(subscriber_id)
     return subscriber_id
 

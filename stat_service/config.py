@@ -56,6 +56,8 @@ class Settings:
     RETRY_AFTER_SECONDS: int = 1
     EMBEDDED_REDIS: bool = False
     LOG_LEVEL: str = "INFO"
+    LOG_FORMAT: str = "json"
+    LOG_SUBSCRIBER_IDS: str = "hash"
 
 
 _CONVERTERS = {

@@ -9,6 +9,8 @@ from flask import Flask, current_app, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from .metrics import REDIS_ERRORS
+
 log = logging.getLogger(__name__)
 
 MESSAGES = {
@@ -136,6 +138,7 @@ def register(app: Flask) -> None:
     @app.errorhandler(redis.RedisError)
     def _redis(exc: redis.RedisError):
         if _redis_unavailable(exc):
+            REDIS_ERRORS.labels("unavailable").inc()
             log.warning("redis unavailable: %s: %s", type(exc).__name__, exc)
             retry_after = str(current_app.config["STAT"].RETRY_AFTER_SECONDS)
             return error_response(
@@ -143,6 +146,7 @@ def register(app: Flask) -> None:
                 "storage temporarily unavailable",
                 headers={"Retry-After": retry_after},
             )
+        REDIS_ERRORS.labels("error").inc()
         log.error("redis error", exc_info=exc)
         return error_response(500, "internal error")
 

@@ -34,6 +34,8 @@ from __future__ import annotations
 import importlib.resources
 from dataclasses import dataclass
 
+from .metrics import SCRIPT_CALLS
+
 RECORD_FIELDS = (
     "play_count",
     "view_time",
@@ -149,7 +151,10 @@ class StatStore:
     def put(self, subscriber_id: str, body: dict, *, delta: bool) -> PutResult:
         """Apply a validated body (favorites, view_data) atomically, in one call."""
         script, keys, args, written = self.script_call(subscriber_id, body, delta=delta)
-        return PutResult(favorites=int(script(keys=keys, args=args)), view_data=written)
+        name = "put_delta" if delta else "put_overwrite"
+        return PutResult(
+            favorites=int(_run(name, script, keys, args)), view_data=written
+        )
 
     def script_call(self, subscriber_id: str, body: dict, *, delta: bool):
         """(script, keys, args, assets written) for one validated body.
@@ -173,7 +178,7 @@ class StatStore:
 
     def get(self, subscriber_id: str) -> dict:
         """Favorites in stored order; view data most recently played first."""
-        reply = self._read(keys=self.keys(subscriber_id))
+        reply = _run("read", self._read, self.keys(subscriber_id), ())
         favorites, _, views = _text(reply).partition("\x1e")
         flat = views.split("\x1f") if views else []
         records = [decode_record(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
@@ -189,6 +194,17 @@ class StatStore:
 
     def ping(self) -> bool:
         return bool(self.client.ping())
+
+
+def _run(name: str, script, keys, args):
+    """Call a registered script, counting the call by outcome."""
+    try:
+        reply = script(keys=keys, args=args)
+    except Exception:
+        SCRIPT_CALLS.labels(name, "error").inc()
+        raise
+    SCRIPT_CALLS.labels(name, "ok").inc()
+    return reply
 
 
 def _text(value) -> str:

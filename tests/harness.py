@@ -25,7 +25,14 @@ MAX_BODY_BYTES = Settings.MAX_BODY_BYTES  # the default: the fixtures do not set
 # Redis calls give up after about a second; the contract says "promptly".
 PROMPT = 3.0
 _SETTING_NAMES = {f.name for f in dataclasses.fields(Settings)}
-_SERVER_NAMES = {"HOST", "PORT", "WEB_CONCURRENCY", "LOCAL_REDIS_PORT"}
+_SERVER_NAMES = {
+    "HOST",
+    "PORT",
+    "WEB_CONCURRENCY",
+    "LOCAL_REDIS_PORT",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "FORWARDED_ALLOW_IPS",
+}
 
 
 # --- HTTP on raw sockets: the request target is exactly the bytes given ---------

@@ -1,0 +1,89 @@
+"""Per-request observability: Prometheus metrics, one JSON log line, request ids.
+
+Metrics use prometheus_client. Under gunicorn, ``gunicorn.conf.py`` sets
+``PROMETHEUS_MULTIPROC_DIR`` before any worker starts, so every worker
+writes its samples there and ``/metrics`` adds them up across workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+import uuid
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
+
+from .metrics import LATENCY, REQUESTS
+
+access_log = logging.getLogger("stat_service.access")
+
+# A client's X-Request-ID is kept when it is short and plain; else a new one.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+UNMATCHED = "<unmatched>"
+
+metrics_bp = Blueprint("metrics", __name__)
+
+
+@metrics_bp.get("/metrics")
+def metrics():
+    """Prometheus text format, summed over every gunicorn worker."""
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def subscriber_hash(subscriber_id: str) -> str:
+    """The subscriber as logs show it: 16 hex digits of its SHA-256."""
+    return hashlib.sha256(subscriber_id.encode("utf-8", "surrogatepass")).hexdigest()[
+        :16
+    ]
+
+
+def install(app: Flask) -> None:
+    """Time every request, give it an id, count it and log it on the way out."""
+    log_subscribers = app.config["STAT"].LOG_SUBSCRIBER_IDS == "hash"
+
+    @app.before_request
+    def _start():
+        g.started = time.perf_counter()
+        sent = request.headers.get("X-Request-ID", "")
+        g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+
+    @app.after_request
+    def _finish(response):
+        started = g.get("started")
+        if started is None:  # failed before before_request (should not happen)
+            return response
+        elapsed = time.perf_counter() - started
+        rule = request.url_rule
+        route = rule.rule if rule is not None else UNMATCHED
+        method = request.method
+        status = response.status_code
+        REQUESTS.labels(route, method, str(status)).inc()
+        LATENCY.labels(route, method).observe(elapsed)
+        response.headers["X-Request-ID"] = g.request_id
+        if access_log.isEnabledFor(logging.INFO):
+            fields = {
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+                "request_id": g.request_id,
+            }
+            subscriber = g.get("subscriber_id")
+            if subscriber is not None and log_subscribers:
+                fields["subscriber"] = subscriber_hash(subscriber)
+            access_log.info("request", extra={"fields": fields})
+        return response
