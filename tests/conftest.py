@@ -1,4 +1,5 @@
 """Fixtures: the app on fakeredis and on a real Redis, tokens, state dumps."""
+# ruff: noqa: E402 (the environment is fixed before the imports below)
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import os
 import shutil
 import time
 import uuid
+
+# prometheus_client picks its storage when first imported: in-process here,
+# whatever the calling shell had set for a gunicorn deployment.
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 import fakeredis
 import jwt
