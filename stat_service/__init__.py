@@ -12,6 +12,7 @@ from .auth import TokenVerifier
 from .config import DEV_JWT_SECRET, ConfigError, load_settings
 from .jsonprovider import OrjsonProvider
 from .observability import metrics_bp
+from .openapi import openapi_bp
 from .store import StatStore
 
 log = logging.getLogger(__name__)
@@ -72,4 +73,5 @@ def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
     app.register_blueprint(stat_bp)
     app.register_blueprint(probes_bp)
     app.register_blueprint(metrics_bp)
+    app.register_blueprint(openapi_bp)
     return app

@@ -23,7 +23,7 @@ probes_bp = Blueprint("probes", __name__)
 class RestOfPath(BaseConverter):
     """Everything after ``/stat/``, slashes and emptiness included."""
 
-    regex = ".*"
+    regex = r"[\s\S]*"  # "." would stop at a newline (%0A): a 400, not a 404
     weight = 200
     part_isolating = False  # the id may contain "/" (API.md section 6)
 
@@ -139,7 +139,7 @@ def _subscriber() -> str:
     return subscriber_id
 
 
-@stat_bp.put(f"{PREFIX}/<rest:_path>")
+@stat_bp.put(f"{PREFIX}/<rest:_path>", provide_automatic_options=False)
 @require_token
 def put_stat(_path):
     subscriber_id = _subscriber()
@@ -156,7 +156,7 @@ def put_stat(_path):
     )
 
 
-@stat_bp.get(f"{PREFIX}/<rest:_path>")
+@stat_bp.get(f"{PREFIX}/<rest:_path>", provide_automatic_options=False)
 @require_token
 def get_stat(_path):
     subscriber_id = _subscriber()
@@ -165,7 +165,7 @@ def get_stat(_path):
     return jsonify(result="success", subscriber_id=subscriber_id, **history)
 
 
-@stat_bp.delete(f"{PREFIX}/<rest:_path>")
+@stat_bp.delete(f"{PREFIX}/<rest:_path>", provide_automatic_options=False)
 @require_token
 def delete_stat(_path):
     subscriber_id = _subscriber()
