@@ -135,6 +135,18 @@ def test_unmatched_routes_share_one_label(client):
     assert after == before + 2
 
 
+def test_unknown_methods_share_one_label(client):
+    before = sample(
+        "stat_http_requests_total", route="<unmatched>", method="OTHER", status="404"
+    )
+    for method in ("BREW", "X-" + uuid.uuid4().hex):
+        client.open(f"/random/{uuid.uuid4().hex}", method=method)
+    after = sample(
+        "stat_http_requests_total", route="<unmatched>", method="OTHER", status="404"
+    )
+    assert after == before + 2
+
+
 def test_redis_outage_is_counted(settings):
     dead = redis.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)
     app = create_app(settings, redis_client=dead)
