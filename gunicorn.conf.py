@@ -30,38 +30,12 @@ max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "1000")
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # Which proxies may set X-Forwarded-* (comma-separated IPs, or *).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
-# The app logs one JSON line per request; gunicorn's access log is opt-in.
-accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+# Everything on stdout, in LOG_FORMAT (json by default), like the app's logs.
+logger_class = "stat_service.logs.GunicornLogger"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-_formatter = (
-    {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
-    if os.environ.get("LOG_FORMAT", "json") == "text"
-    else {"()": "stat_service.logs.JsonFormatter"}
-)
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"main": _formatter},
-    "handlers": {
-        "stdout": {
-            "class": "logging.StreamHandler",
-            "formatter": "main",
-            "stream": "ext://sys.stdout",
-        }
-    },
-    "root": {"handlers": ["stdout"], "level": loglevel.upper()},
-    "loggers": {
-        "gunicorn.error": {"handlers": ["stdout"], "propagate": False},
-        # With a logconfig_dict gunicorn always emits access records; they
-        # are dropped here unless GUNICORN_ACCESSLOG asks for them.
-        "gunicorn.access": {
-            "handlers": ["stdout"] if accesslog else [],
-            "level": "INFO" if accesslog else "CRITICAL",
-            "propagate": False,
-        },
-    },
-}
+# The app logs one JSON line per request; gunicorn's access log is opt-in.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 limit_request_line = 8190
 # Gunicorn's control socket has one default path per user, which several
 # instances on one machine (tests, benchmarks) would fight over: opt in.

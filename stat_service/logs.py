@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
 import orjson
+from gunicorn import glogging
 
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -45,3 +47,20 @@ def configure(level: str, kind: str) -> None:
         handler.setFormatter(make_formatter(kind))
         root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+class GunicornLogger(glogging.Logger):
+    """Gunicorn's own logger, on stdout and in LOG_FORMAT like the app's.
+
+    Chosen over a ``logconfig_dict``, with which gunicorn builds an access
+    record for every request even when nothing would print it.
+    """
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        formatter = make_formatter(os.environ.get("LOG_FORMAT", "json"))
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if getattr(handler, "stream", None) is sys.stderr:
+                    handler.setStream(sys.stdout)
+                handler.setFormatter(formatter)
