@@ -44,7 +44,8 @@ class TokenVerifier:
         if len(configured) != 1:
             raise ConfigError(
                 "set exactly one of JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL "
-                f"(found: {', '.join(configured) or 'none'})"
+                f"(found: {', '.join(configured) or 'none'}); for a local run: "
+                "JWT_SECRET=$(openssl rand -hex 32) make run"
             )
         self.audience = settings.JWT_AUDIENCE
         self.issuer = settings.JWT_ISSUER

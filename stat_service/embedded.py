@@ -6,12 +6,11 @@ import os
 import socket
 import threading
 
-BANNER = """
-************************************************************************
-*  EMBEDDED MODE: no REDIS_URL and no local Redis answers PING.        *
-*  Data lives IN MEMORY ONLY (fakeredis at {url:<28}) *
-*  and is lost when the service stops. Set REDIS_URL for real use.     *
-************************************************************************"""
+BANNER = (
+    "EMBEDDED MODE: no REDIS_URL and no local Redis answers PING; the data lives "
+    "IN MEMORY ONLY (fakeredis at {url}) and is lost when the service stops. "
+    "Set REDIS_URL for real use."
+)
 
 
 def redis_answers(
@@ -54,5 +53,4 @@ def ensure_redis(log) -> None:
     url = start_fake_redis()
     os.environ["REDIS_URL"] = url
     os.environ["EMBEDDED_REDIS"] = "true"
-    for line in BANNER.format(url=url).splitlines():
-        log.warning(line)
+    log.warning(BANNER.format(url=url))
