@@ -24,7 +24,9 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 # On SIGTERM, requests in flight get this long to finish.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "10000"))
+# Off by default: nothing here leaks, and every recycled worker leaves its
+# metric sample files behind (read at each /metrics scrape until restart).
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "1000"))
 # Heartbeat files in memory, not on a disk that may stall.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -37,6 +39,8 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # The app logs one JSON line per request; gunicorn's access log is opt-in.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 limit_request_line = 8190
+# Room for large RS256/ES256 tokens carrying many claims.
+limit_request_field_size = int(os.environ.get("GUNICORN_LIMIT_FIELD_SIZE", "16384"))
 # Gunicorn's control socket has one default path per user, which several
 # instances on one machine (tests, benchmarks) would fight over: opt in.
 control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
@@ -48,8 +52,10 @@ def on_starting(server):
         if name.endswith(".db"):
             os.unlink(os.path.join(metrics_dir, name))
 
-    from stat_service import ConfigError, check_config
+    from stat_service import ConfigError, check_config, serving
     from stat_service.embedded import ensure_redis
+
+    serving.install()  # gunicorn's own error pages as MetaX JSON, not HTML
 
     ensure_redis(server.log)
     try:

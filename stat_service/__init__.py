@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from flask import Flask
@@ -9,7 +10,7 @@ from flask import Flask
 from . import errors, logs, observability
 from .api import RestOfPath, probes_bp, stat_bp
 from .auth import TokenVerifier
-from .config import DEV_JWT_SECRET, ConfigError, load_settings
+from .config import DEV_JWT_SECRET, ConfigError, Settings, load_settings
 from .jsonprovider import OrjsonProvider
 from .observability import metrics_bp
 from .openapi import openapi_bp
@@ -20,8 +21,8 @@ log = logging.getLogger(__name__)
 __all__ = ["create_app", "check_config", "ConfigError", "StatStore"]
 
 
-def _effective_settings(config: dict | None, *, warn: bool):
-    settings = load_settings(config)
+def _with_dev_key(settings: Settings, *, warn: bool) -> Settings:
+    """In embedded mode with no key configured, the development secret."""
     if settings.EMBEDDED_REDIS and not (
         settings.JWT_SECRET or settings.JWT_PUBLIC_KEY or settings.JWT_JWKS_URL
     ):
@@ -31,7 +32,7 @@ def _effective_settings(config: dict | None, *, warn: bool):
                 "secret %r (never in production)",
                 DEV_JWT_SECRET,
             )
-        settings = load_settings({**(config or {}), "JWT_SECRET": DEV_JWT_SECRET})
+        return dataclasses.replace(settings, JWT_SECRET=DEV_JWT_SECRET)
     return settings
 
 
@@ -39,7 +40,7 @@ def check_config(config: dict | None = None) -> None:
     """Raise ConfigError for unusable settings, without touching Redis."""
     from .redis_client import make_client
 
-    settings = _effective_settings(config, warn=False)
+    settings = _with_dev_key(load_settings(config), warn=False)
     TokenVerifier(settings)
     try:
         make_client(settings).close()  # parses REDIS_URL; connects lazily
@@ -49,9 +50,9 @@ def check_config(config: dict | None = None) -> None:
 
 def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
     """Build the app: defaults, then the environment, then ``config``."""
-    raw = load_settings(config)
-    logs.configure(raw.LOG_LEVEL, raw.LOG_FORMAT)
-    settings = _effective_settings(config, warn=True)
+    settings = load_settings(config)
+    logs.configure(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    settings = _with_dev_key(settings, warn=True)
 
     app = Flask(__name__)
     app.json = OrjsonProvider(app)

@@ -46,7 +46,7 @@ def _raw_path() -> bytes:
     if not uri:
         return environ.get("PATH_INFO", "").encode("latin-1")
     path = uri.split("?", 1)[0]
-    if "://" in path:  # absolute-form request target
+    if not path.startswith("/") and "://" in path:  # absolute-form target
         path = "/" + path.split("://", 1)[1].partition("/")[2]
     # WSGI text holds one byte per character: back to bytes before decoding.
     raw = unquote_to_bytes(path.encode("latin-1"))
@@ -70,12 +70,15 @@ def subscriber_id_from_path() -> str:
     return subscriber_id
 
 
-def _is_delta() -> bool:
-    args = request.args
-    unknown = sorted(set(args) - {"isDelta"})
+def _check_query(allowed: frozenset = frozenset()) -> None:
+    unknown = sorted(set(request.args) - allowed)
     if unknown:
         raise ApiError(400, f"unknown query parameter: {', '.join(unknown)}")
-    values = args.getlist("isDelta")
+
+
+def _is_delta() -> bool:
+    _check_query(frozenset(("isDelta",)))
+    values = request.args.getlist("isDelta")
     if not values:
         return True
     if len(values) > 1:
@@ -84,13 +87,6 @@ def _is_delta() -> bool:
     if value not in ("true", "false"):
         raise ApiError(400, "isDelta must be true or false")
     return value == "true"
-
-
-def _no_query() -> None:
-    if request.args:
-        raise ApiError(
-            400, f"unknown query parameter: {', '.join(sorted(request.args))}"
-        )
 
 
 def _check_content_type() -> None:
@@ -160,7 +156,7 @@ def put_stat(_path):
 @require_token
 def get_stat(_path):
     subscriber_id = _subscriber()
-    _no_query()
+    _check_query()
     history = _store().get(subscriber_id)
     return jsonify(result="success", subscriber_id=subscriber_id, **history)
 
@@ -169,9 +165,11 @@ def get_stat(_path):
 @require_token
 def delete_stat(_path):
     subscriber_id = _subscriber()
-    _no_query()
+    _check_query()
     _store().delete(subscriber_id)
-    return "", 204
+    response = current_app.response_class(status=204)
+    del response.headers["Content-Type"]  # no body, so no media type either
+    return response
 
 
 @probes_bp.get("/healthz")

@@ -51,6 +51,7 @@ class TokenVerifier:
         self.issuer = settings.JWT_ISSUER
         self.leeway = settings.JWT_LEEWAY
         self.admin_scope = settings.JWT_ADMIN_SCOPE
+        self.retry_after = settings.RETRY_AFTER_SECONDS
         self._jwks = None
         algorithms = settings.JWT_ALGORITHMS
         if settings.JWT_SECRET:
@@ -110,12 +111,15 @@ class TokenVerifier:
             raise ApiError(
                 503,
                 "token keys temporarily unavailable",
-                headers={"Retry-After": "1"},
+                headers={"Retry-After": str(self.retry_after)},
             ) from None
         except (jwt.InvalidTokenError, jwt.PyJWKClientError) as exc:
             raise invalid_token(_describe(exc)) from None
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise invalid_token("sub must be a non-empty string")
+        if type(claims["exp"]) not in (int, float):
+            # PyJWT also accepts a numeric string; RFC 7519 says NumericDate.
+            raise invalid_token("exp must be a number")
         return claims
 
     def _signing_key(self, token: str):
@@ -151,11 +155,10 @@ class TokenCache:
         self._lock = threading.Lock()  # gthread workers share one cache
 
     def get(self, token: str) -> dict | None:
+        # Never mutates: put() iterates the dict under its lock, and an
+        # expired entry is simply replaced or evicted later.
         entry = self._entries.get(token)
-        if entry is None:
-            return None
-        if entry[0] <= time.time():
-            self._entries.pop(token, None)
+        if entry is None or entry[0] <= time.time():
             return None
         return entry[1]
 
@@ -218,14 +221,15 @@ def invalid_token(description: str) -> ApiError:
 
 
 def _bearer_token() -> str:
-    header = request.headers.get("Authorization")
-    if header is None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        # No bearer credentials at all: no error code (RFC 6750, section 3.1).
         raise ApiError(
             401, "No Authorization Token", headers={"WWW-Authenticate": REALM}
         )
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token or "," in token:
+    if " " in token or "," in token:
         raise invalid_token("malformed Authorization header (expected: Bearer <token>)")
     return token
 

@@ -114,4 +114,13 @@ def _check(s: Settings) -> None:
         or s.REDIS_SOCKET_TIMEOUT <= 0
         or s.REDIS_CONNECT_TIMEOUT <= 0
     ):
-        raise ConfigError("Redis timeouts must be positive and REDIS_RETRIES >= 0")
+        raise ConfigError(
+            "REDIS_SOCKET_TIMEOUT and REDIS_CONNECT_TIMEOUT must be positive "
+            "and REDIS_RETRIES >= 0"
+        )
+    if s.LOG_LEVEL.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError("LOG_LEVEL must be debug, info, warning, error or critical")
+    if s.LOG_FORMAT not in ("json", "text"):
+        raise ConfigError("LOG_FORMAT must be json or text")
+    if s.LOG_SUBSCRIBER_IDS not in ("hash", "omit"):
+        raise ConfigError("LOG_SUBSCRIBER_IDS must be hash or omit")

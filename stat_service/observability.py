@@ -47,7 +47,7 @@ def metrics():
 
 def subscriber_hash(subscriber_id: str) -> str:
     """The subscriber as logs show it: 16 hex digits of its SHA-256."""
-    digest = hashlib.sha256(subscriber_id.encode("utf-8", "surrogatepass"))
+    digest = hashlib.sha256(subscriber_id.encode())
     return digest.hexdigest()[:16]
 
 

@@ -55,9 +55,6 @@ class Count(_Checked, fields.Integer):
         f"{MAX_SAFE_INTEGER}.",
     }
 
-    def __init__(self, **kwargs):
-        super().__init__(strict=True, **kwargs)
-
     def _deserialize(self, value, attr, data, **kwargs):
         if type(value) is not int:  # bool is an int subclass: refused too
             raise self.make_error("invalid")

@@ -21,7 +21,8 @@ both keys of a subscriber always hash to one Redis Cluster slot and every
 script touches a single slot. ``KEY_PREFIX`` may not contain braces.
 
 Record encoding: the five fields in the order of ``RECORD_FIELDS``, each
-as the exact decimal text the client sent, separated by ``|``; an absent
+as decimal text (integers exactly as sent; a rating as Python's shortest
+repr of the float, so ``3.50`` is kept as ``3.5``), separated by ``|``; an absent
 field is an empty slot and trailing empty slots are dropped. So ``3|5400``
 is play_count 3 and view_time 5400, ``||310|1764000000000`` is a pause
 position and a last-played time, and ``""`` is a record with no fields.
@@ -74,20 +75,18 @@ def _rating(text: str) -> int | float:
 _PARSERS = tuple(zip(RECORD_FIELDS, (int, int, int, int, _rating), strict=True))
 
 
-def encode_record(record: dict) -> str:
-    """Encode a record for storage; ``None`` values count as absent."""
+def encode_record(record: dict, *, patch: bool = False) -> str:
+    """Encode a record's named fields, in RECORD_FIELDS order.
+
+    For storage (``patch=False``) a ``None`` value counts as absent. For a
+    delta (``patch=True``) it becomes "-": the script removes that field.
+    """
     slots = [""] * len(RECORD_FIELDS)
     for name, value in record.items():
         if value is not None:
             slots[_FIELD_INDEX[name]] = format_value(value)
-    return "|".join(slots).rstrip("|")
-
-
-def encode_patch(record: dict) -> str:
-    """Encode a delta: named fields are set, ``None`` removes, the rest keep."""
-    slots = [""] * len(RECORD_FIELDS)
-    for name, value in record.items():
-        slots[_FIELD_INDEX[name]] = _REMOVE if value is None else format_value(value)
+        elif patch:
+            slots[_FIELD_INDEX[name]] = _REMOVE
     return "|".join(slots).rstrip("|")
 
 
@@ -172,10 +171,9 @@ class StatStore:
         favorites = dedupe(favorites or ())
         args.append(len(favorites))
         args.extend(favorites)
-        encode = encode_patch if delta else encode_record
         for asset_id, fields_ in records.items():
             args.append(asset_id)
-            args.append(encode(fields_))
+            args.append(encode_record(fields_, patch=delta))
         script = self._delta if delta else self._overwrite
         return script, self.keys(subscriber_id), args, len(records)
 

@@ -174,7 +174,8 @@ BAD_AUTHORIZATION = [
     ("basic-scheme", lambda: "Basic dXNlcjpwYXNzd29yZA==", False),
     ("bearer-without-token", lambda: "Bearer", False),
     ("bearer-blank-token", lambda: "Bearer    ", False),
-    ("token-without-scheme", lambda: make_token(), True),
+    # No "Bearer" scheme: no bearer credentials at all (RFC 6750, 3.1).
+    ("token-without-scheme", lambda: make_token(), False),
     ("two-tokens", lambda: f"Bearer {make_token()} {make_token()}", True),
     ("two-bearer-credentials", _two_credentials, True),
     ("not-a-jwt", lambda: "Bearer not-a-jwt", True),
@@ -262,6 +263,9 @@ def test_bad_credentials_are_401_and_write_nothing(
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     if token_sent:
         assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+    else:
+        assert "error=" not in resp.headers["WWW-Authenticate"]
+        assert resp.get_json()["reason"] == "No Authorization Token"
     assert snapshot() == before
 
 
@@ -741,3 +745,15 @@ def test_token_cache_can_be_turned_off(make_client):
     client = make_client(JWT_CACHE_SECONDS=0)
     assert put(client, bearer(SUB)).status_code == 200
     assert client.application.extensions["stat_auth"]._cache._entries == {}
+
+
+def test_token_whose_exp_is_a_numeric_string_is_401(client, snapshot):
+    """PyJWT accepts "exp": "1999999999"; RFC 7519 wants a NumericDate."""
+    seed(client)
+    before = snapshot()
+    token = jwt.encode(
+        {"sub": SUB, "exp": str(int(time.time()) + 60)}, SECRET, algorithm="HS256"
+    )
+    resp = put(client, {"Authorization": f"Bearer {token}"})
+    assert_invalid_token(resp)
+    assert snapshot() == before

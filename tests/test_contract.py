@@ -844,3 +844,20 @@ def test_257_character_id_is_400_and_writes_nothing(client, snapshot):
     response = client.put(id_url("u" * 257), json={"favorites": ["f"]}, headers=ADMIN)
     assert_error_shape(response, 400, "BAD_REQUEST")
     assert snapshot() == {}
+
+
+def test_id_containing_scheme_like_text_is_an_ordinary_id(client):
+    """``a://b`` in the path is an id with a slash, not an absolute URI."""
+    headers = bearer(admin=True)
+    resp = client.put(PATH + "a://b", json={"favorites": ["f"]}, headers=headers)
+    assert resp.status_code == 200, resp.data
+    assert resp.get_json()["subscriber_id"] == "a://b"
+    got = client.get(PATH + "a:%2F%2Fb", headers=headers).get_json()
+    assert got["favorites"] == ["f"]
+
+
+def test_delete_answer_has_no_body_and_no_media_type(client, auth):
+    resp = client.delete(PATH + SUB, headers=auth)
+    assert resp.status_code == 204
+    assert resp.data == b""
+    assert "Content-Type" not in resp.headers

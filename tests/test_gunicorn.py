@@ -336,3 +336,27 @@ def test_no_jwt_key_with_redis_url_fails_to_start_naming_the_setting(
     assert "JWT_SECRET" in log, log
     assert "Traceback" not in log, log
     assert "Booting worker" not in log, log
+
+
+# --- errors gunicorn answers itself -------------------------------------------
+
+
+def test_token_of_12_kib_fits_in_a_header(service):
+    sub = unique()
+    big = make_token(sub, groups=["g" * 60] * 150)  # a token with many claims
+    assert 12_000 < len(big) < 16_000
+    reply = service.request(
+        "GET", PATH + sub, headers=[("Authorization", f"Bearer {big}")]
+    )
+    assert reply.status == 200, reply
+
+
+def test_header_over_the_limit_is_json_not_html(service):
+    reply = service.request("GET", "/healthz", headers=[("X-Big", "x" * 20_000)])
+    body = assert_error(reply, 431, "BAD_REQUEST")
+    assert "header" in body["reason"].lower()
+
+
+def test_malformed_request_line_is_json_not_html(service):
+    reply = exchange(service.port, b"GET /healthz HTTP/1.1 extra\r\nHost: x\r\n\r\n")
+    assert_error(reply, 400, "BAD_REQUEST")

@@ -12,7 +12,6 @@ from stat_service.store import (
     RECORD_FIELDS,
     StatStore,
     decode_record,
-    encode_patch,
     encode_record,
     hash_tag,
 )
@@ -99,8 +98,8 @@ def test_record_encoding_is_compact():
 
 
 def test_patch_encoding_marks_removals():
-    assert encode_patch({"play_count": None, "pause_time": 7}) == "-||7"
-    assert encode_patch({}) == ""
+    assert encode_record({"play_count": None, "pause_time": 7}, patch=True) == "-||7"
+    assert encode_record({}, patch=True) == ""
 
 
 class _NoRedis:

@@ -10,8 +10,8 @@
 -- ARGV[3 .. 2+n]            the favorites, in order
 -- ARGV[3+n ..] in pairs     asset id, patch. A patch has one slot per record
 --          field, separated by "|": "" keeps the stored value, "-" removes
---          it, anything else is the new value, as the exact string the
---          client sent (validated before this script runs). Each asset
+--          it, anything else is the new value as decimal text (validated
+--          and formatted by the caller: see store.py). Each asset
 --          appears at most once (repeats are merged by the caller).
 --
 -- Values are never turned into Lua numbers: they are copied as strings.
