@@ -6,7 +6,7 @@ PORT ?= 8080
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint format token clean bench
+.PHONY: help venv run test test-fast lint format token clean bench bench-import
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,3 +44,6 @@ clean: ## remove .venv and caches
 
 bench: $(VENV)/.installed ## benchmark against a bare-Flask ceiling (bench/README.md)
 	$(PY) bench/run.py
+
+bench-import: $(VENV)/.installed ## bulk import vs HTTP PUT: subscribers/s, peak RSS (bench/IMPORT.md)
+	$(PY) bench/import_bench.py

@@ -79,10 +79,10 @@ def _flatten(messages, parts=()):
         yield f"{_path(parts)}: {messages}"
 
 
-def _json_keys(messages):
+def json_keys(messages):
     """marshmallow keys list positions by int; JSON objects need strings."""
     if isinstance(messages, dict):
-        return {str(key): _json_keys(value) for key, value in messages.items()}
+        return {str(key): json_keys(value) for key, value in messages.items()}
     return messages
 
 
@@ -116,7 +116,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError):
-        messages = _json_keys(exc.messages)
+        messages = json_keys(exc.messages)
         return error_response(400, validation_reason(exc.messages), errors=messages)
 
     @app.errorhandler(HTTPException)

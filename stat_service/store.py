@@ -179,15 +179,11 @@ class StatStore:
 
     def get(self, subscriber_id: str) -> dict:
         """Favorites in stored order; view data most recently played first."""
-        reply = _run("read", self._read, self.keys(subscriber_id), ())
-        favorites, _, views = _text(reply).partition("\x1e")
-        flat = views.split("\x1f") if views else []
-        records = [decode_record(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-        records.sort(key=_recency_key)
-        return {
-            "favorites": favorites.split("\x1f") if favorites else [],
-            "view_data": records,
-        }
+        return decode_history(_run("read", *self.read_call(subscriber_id)))
+
+    def read_call(self, subscriber_id: str):
+        """(script, keys, args) of one read, for a loader's pipeline."""
+        return self._read, self.keys(subscriber_id), ()
 
     def delete(self, subscriber_id: str) -> None:
         """Erase the subscriber's whole history (one DEL of both keys)."""
@@ -195,6 +191,18 @@ class StatStore:
 
     def ping(self) -> bool:
         return bool(self.client.ping())
+
+
+def decode_history(reply) -> dict:
+    """A subscriber's history from the read script's reply (see read.lua)."""
+    favorites, _, views = _text(reply).partition("\x1e")
+    flat = views.split("\x1f") if views else []
+    records = [decode_record(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+    records.sort(key=_recency_key)
+    return {
+        "favorites": favorites.split("\x1f") if favorites else [],
+        "view_data": records,
+    }
 
 
 def _run(name: str, script, keys, args):
