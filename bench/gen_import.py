@@ -19,18 +19,14 @@ import io
 import json
 import random
 import sys
+from pathlib import Path
 
-COLUMNS = (
-    "subscriber_id",
-    "asset_id",
-    "play_count",
-    "view_time",
-    "pause_time",
-    "last_played_on",
-    "user_rating",
-    "favorite",
-)
-FIELDS = COLUMNS[2:7]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stat_service.bulk import CSV_COLUMNS  # noqa: E402
+from stat_service.store import RECORD_FIELDS  # noqa: E402
+
+COLUMNS = CSV_COLUMNS
+FIELDS = RECORD_FIELDS
 RATINGS = (0, 1, 2, 3, 3.5, 4, 4.5, 5, 0.1, 2.25)
 AWKWARD = ("{x}", "a%7Bb", "100%", "Ünïcødé-用户", "a b/c", "}{", "%25")
 

@@ -112,7 +112,7 @@ from marshmallow import ValidationError
 from . import strictjson
 from .errors import MESSAGES, json_keys, validation_reason
 from .schemas import MAX_ID_LENGTH, has_control_characters, load_body
-from .store import StatStore, decode_history, hash_tag
+from .store import RECORD_FIELDS, StatStore, decode_history, hash_tag
 
 EXIT_OK = 0
 EXIT_REJECTS = 1
@@ -120,17 +120,8 @@ EXIT_ABORTED = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130; SIGTERM gives 143
 
 DEFAULT_BATCH = 500
-CSV_COLUMNS = (
-    "subscriber_id",
-    "asset_id",
-    "play_count",
-    "view_time",
-    "pause_time",
-    "last_played_on",
-    "user_rating",
-    "favorite",
-)
-_NUMBER_COLUMNS = CSV_COLUMNS[2:7]
+CSV_COLUMNS = ("subscriber_id", "asset_id", *RECORD_FIELDS, "favorite")
+_NUMBER_COLUMNS = RECORD_FIELDS
 _CHECKPOINT_VERSION = 1
 _SHOWN_REJECTS = 10  # printed on stderr when there is no rejects file
 _INFLIGHT_BLOCKS = 3  # per worker pool: blocks read ahead of the slowest worker
