@@ -10,7 +10,7 @@ from werkzeug.routing import BaseConverter
 from . import strictjson
 from .auth import authorize, require_token
 from .errors import ApiError, error_response
-from .schemas import MAX_ID_LENGTH, has_control_characters, load_body
+from .schemas import load_body, subscriber_id_problem, too_many_items
 from .store import StatStore
 
 PREFIX = "/metax/3.0/ui/user/stat"
@@ -63,10 +63,9 @@ def subscriber_id_from_path() -> str:
         subscriber_id = raw[len(_PREFIX_BYTES) :].decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "subscriber id is not valid UTF-8") from None
-    if not 1 <= len(subscriber_id) <= MAX_ID_LENGTH:
-        raise ApiError(400, f"subscriber id must be 1 to {MAX_ID_LENGTH} characters")
-    if has_control_characters(subscriber_id):
-        raise ApiError(400, "subscriber id must not contain control characters")
+    problem = subscriber_id_problem(subscriber_id)
+    if problem:
+        raise ApiError(400, problem)
     return subscriber_id
 
 
@@ -117,14 +116,9 @@ def _body() -> dict:
         data = strictjson.loads(raw)
     except strictjson.JSONBodyError as exc:
         raise ApiError(400, str(exc)) from None
-    if isinstance(data, dict):
-        limit = _settings().MAX_ITEMS
-        for name in ("favorites", "view_data"):
-            items = data.get(name)
-            if isinstance(items, list) and len(items) > limit:
-                raise ApiError(
-                    413, f"{name} has {len(items)} entries, more than {limit}"
-                )
+    problem = too_many_items(data, _settings().MAX_ITEMS)
+    if problem:
+        raise ApiError(413, problem)
     return data
 
 

@@ -111,7 +111,7 @@ from marshmallow import ValidationError
 
 from . import strictjson
 from .errors import MESSAGES, json_keys, validation_reason
-from .schemas import MAX_ID_LENGTH, has_control_characters, load_body
+from .schemas import load_body, subscriber_id_problem, too_many_items
 from .store import RECORD_FIELDS, StatStore, decode_history, hash_tag
 
 EXIT_OK = 0
@@ -136,17 +136,6 @@ class UnusableInput(Exception):
 _UNESCAPES = {"%25": "%", "%7B": "{", "%7D": "}"}
 _ESCAPE = re.compile("%(?:25|7B|7D)")
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
-
-
-def subscriber_id_problem(value) -> str | None:
-    """Why ``value`` is not a subscriber id (the API's reasons), or None."""
-    if not isinstance(value, str):
-        return "subscriber_id must be a string"
-    if not 1 <= len(value) <= MAX_ID_LENGTH:
-        return f"subscriber id must be 1 to {MAX_ID_LENGTH} characters"
-    if has_control_characters(value):
-        return "subscriber id must not contain control characters"
-    return None
 
 
 def subscriber_id_from_tag(tag: str) -> str:
@@ -199,14 +188,6 @@ def _schema_reject(line: int, subscriber_id, exc: ValidationError) -> dict:
     )
 
 
-def _too_many(data: dict, max_items: int) -> str | None:
-    for name in ("favorites", "view_data"):
-        items = data.get(name)
-        if isinstance(items, list) and len(items) > max_items:
-            return f"{name} has {len(items)} entries, more than {max_items}"
-    return None
-
-
 # --- validation ------------------------------------------------------------------
 
 # An entry is one unit of input: (first line, last line, records read,
@@ -241,7 +222,7 @@ class JsonlValidator:
         problem = subscriber_id_problem(subscriber_id)
         if problem:
             return reject(line, subscriber_id, 400, problem)
-        problem = _too_many(data, self.max_items)
+        problem = too_many_items(data, self.max_items)
         if problem:
             return reject(line, subscriber_id, 413, problem)
         try:

@@ -17,6 +17,27 @@ def has_control_characters(value: str) -> bool:
     return _CONTROL.search(value) is not None
 
 
+def subscriber_id_problem(value) -> str | None:
+    """Why ``value`` is not a usable subscriber id, or None (API.md section 6)."""
+    if not isinstance(value, str):
+        return "subscriber_id must be a string"
+    if not 1 <= len(value) <= MAX_ID_LENGTH:
+        return f"subscriber id must be 1 to {MAX_ID_LENGTH} characters"
+    if has_control_characters(value):
+        return "subscriber id must not contain control characters"
+    return None
+
+
+def too_many_items(data, max_items: int) -> str | None:
+    """Why a parsed body is over MAX_ITEMS (answered 413), or None."""
+    if isinstance(data, dict):
+        for name in ("favorites", "view_data"):
+            items = data.get(name)
+            if isinstance(items, list) and len(items) > max_items:
+                return f"{name} has {len(items)} entries, more than {max_items}"
+    return None
+
+
 # The fields below check type and bounds in one method instead of through
 # marshmallow validator lists: the same rules, at about half the cost on a
 # request's hundreds of values (see the README's performance section).
