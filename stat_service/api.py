@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from . import strictjson
@@ -102,14 +103,22 @@ def _check_content_type() -> None:
 def _body() -> dict:
     # Werkzeug answers 413 when Content-Length is over MAX_CONTENT_LENGTH,
     # but silently stops a chunked body at the limit: look one byte further.
-    raw = request.get_data(cache=False)
     limit = _settings().MAX_BODY_BYTES
-    if (
-        request.content_length is None
-        and len(raw) >= limit
-        and request.environ["wsgi.input"].read(1)
-    ):
+    try:
+        raw = request.get_data(cache=False)
+        over = (
+            request.content_length is None
+            and len(raw) >= limit
+            and request.environ["wsgi.input"].read(1)
+        )
+    except HTTPException:
+        raise  # Werkzeug's 413 for a Content-Length over the limit
+    except Exception:  # the server's framing errors (gunicorn's InvalidChunkSize)
+        raise ApiError(400, "request body could not be read") from None
+    if over:
         raise ApiError(413, f"body larger than {limit} bytes")
+    if request.content_length is not None and len(raw) < request.content_length:
+        raise ApiError(400, "body shorter than its Content-Length")
     if not raw:
         raise ApiError(400, "body is empty: send a JSON object")
     try:

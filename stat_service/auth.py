@@ -66,7 +66,7 @@ class TokenVerifier:
             self._key = None
             # The key set is cached for JWT_JWKS_CACHE_SECONDS; no per-kid
             # cache (cache_keys), which would keep a revoked key for ever.
-            self._jwks = jwt.PyJWKClient(
+            self._jwks = _JWKSClient(
                 settings.JWT_JWKS_URL,
                 cache_keys=False,
                 cache_jwk_set=True,
@@ -136,6 +136,32 @@ class TokenVerifier:
         elif isinstance(scp, str):
             granted.update(scp.split())
         return self.admin_scope in granted
+
+
+class _JWKSClient(jwt.PyJWKClient):
+    """A fetch bounded as a whole, and every unusable answer a connection error."""
+
+    def fetch_data(self):
+        outcome = {}
+
+        def run():
+            try:
+                outcome["data"] = super(_JWKSClient, self).fetch_data()
+            except jwt.PyJWKClientConnectionError as exc:
+                outcome["error"] = exc
+            except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError) as exc:
+                outcome["error"] = jwt.PyJWKClientConnectionError(
+                    f"unusable JWKS answer: {exc}"
+                )
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(self.timeout)
+        if thread.is_alive():
+            raise jwt.PyJWKClientConnectionError("JWKS fetch took too long")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["data"]
 
 
 class TokenCache:

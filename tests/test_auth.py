@@ -11,18 +11,22 @@ import sys
 import threading
 import time
 import types
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import fakeredis
 import jwt
 import jwt.jwk_set_cache
 import jwt.jwks_client
 import pytest
+import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from stat_service import ConfigError, create_app
 from tests.conftest import PATH, SECRET, SUB, bearer, make_token
-from tests.support import free_port
+from tests.harness import PROMPT, assert_prompt_503
+from tests.support import dump, free_port
 
 OTHER = "other@example.org"
 SEED = {
@@ -234,6 +238,37 @@ BAD_AUTHORIZATION = [
     ),
     ("sub-number", lambda: "Bearer " + hs256(claims(sub=12345)), True),
     ("sub-empty", lambda: "Bearer " + hs256(claims(sub="")), True),
+    ("sub-null", lambda: "Bearer " + hs256(claims(sub=None)), True),
+    ("sub-true", lambda: "Bearer " + hs256(claims(sub=True)), True),
+    ("sub-list", lambda: "Bearer " + hs256(claims(sub=[SUB])), True),
+    ("sub-object", lambda: "Bearer " + hs256(claims(sub={"id": SUB})), True),
+    ("exp-null", lambda: "Bearer " + hs256({"sub": SUB, "exp": None}), True),
+    ("exp-true", lambda: "Bearer " + hs256({"sub": SUB, "exp": True}), True),
+    ("nbf-not-a-number", lambda: "Bearer " + make_token(nbf="soon"), True),
+    ("iat-not-a-number", lambda: "Bearer " + make_token(iat="now"), True),
+    ("payload-not-an-object", lambda: "Bearer " + hs256([claims()]), True),
+    (
+        "signature-stripped",
+        lambda: "Bearer " + make_token().rsplit(".", 1)[0] + ".",
+        True,
+    ),
+    ("five-parts-jwe-like", lambda: "Bearer a.b.c.d.e", True),
+    (
+        "alg-missing",
+        lambda: "Bearer " + hand_token({"typ": "JWT"}, claims(), SECRET.encode()),
+        True,
+    ),
+    (
+        "alg-lower-case",
+        lambda: "Bearer " + hand_token({"alg": "hs256"}, claims(), SECRET.encode()),
+        True,
+    ),
+    (
+        "alg-none-with-a-valid-hmac",
+        lambda: "Bearer " + hand_token({"alg": "none"}, claims(), SECRET.encode()),
+        True,
+    ),
+    ("alg-NONE", lambda: "Bearer " + hand_token({"alg": "NONE"}, claims()), True),
     (
         "crit-unknown-extension",
         lambda: (
@@ -244,6 +279,14 @@ BAD_AUTHORIZATION = [
                 **{"urn:example:must-understand": True},
             )
         ),
+        True,
+    ),
+    ("crit-empty-list", lambda: "Bearer " + hs256(claims(), crit=[]), True),
+    ("crit-not-a-list", lambda: "Bearer " + hs256(claims(), crit="exp"), True),
+    ("crit-registered-header", lambda: "Bearer " + hs256(claims(), crit=["alg"]), True),
+    (
+        "crit-b64-unencoded-payload",
+        lambda: "Bearer " + hs256(claims(), crit=["b64"], b64=False),
         True,
     ),
 ]
@@ -295,13 +338,18 @@ ISS = "https://idp.example.org/"
         pytest.param({"iss": ISS}, 401, id="missing-aud"),
         pytest.param({"aud": AUD, "iss": "https://evil.example/"}, 401, id="wrong-iss"),
         pytest.param({"aud": AUD}, 401, id="missing-iss"),
+        pytest.param({"aud": AUD.upper(), "iss": ISS}, 401, id="aud-other-case"),
+        pytest.param({"aud": [], "iss": ISS}, 401, id="aud-empty-list"),
+        pytest.param({"aud": 7, "iss": ISS}, 401, id="aud-number"),
+        pytest.param({"aud": AUD, "iss": ISS.rstrip("/")}, 401, id="iss-no-slash"),
+        pytest.param({"aud": AUD, "iss": [ISS]}, 401, id="iss-list"),
     ],
 )
 def test_aud_and_iss_are_checked_when_configured(make_client, snapshot, extra, status):
     client = make_client(JWT_AUDIENCE=AUD, JWT_ISSUER=ISS)
     seed(client)
     before = snapshot()
-    resp = put(client, token_for(**extra))
+    resp = put(client, {"Authorization": "Bearer " + hs256(claims(**extra))})
     if status == 401:
         assert_invalid_token(resp)
         assert snapshot() == before
@@ -356,6 +404,47 @@ def test_pem_public_key_refuses_other_keys_and_algorithms(make_client, snapshot,
     assert snapshot() == before
 
 
+def public_key_encodings(private_key) -> dict[str, bytes]:
+    """Every form a verifier might hold the public key in, as HMAC key bytes."""
+    public = private_key.public_key()
+    encoding, fmt = serialization.Encoding, serialization.PublicFormat
+    forms = {
+        "spki-pem": public.public_bytes(encoding.PEM, fmt.SubjectPublicKeyInfo),
+        "spki-der": public.public_bytes(encoding.DER, fmt.SubjectPublicKeyInfo),
+        "openssh": public.public_bytes(encoding.OpenSSH, fmt.OpenSSH),
+        "jwk-json": json.dumps(jwk(private_key, "k1")).encode(),
+    }
+    forms["spki-pem-stripped"] = forms["spki-pem"].strip()
+    if isinstance(public, rsa.RSAPublicKey):
+        forms["pkcs1-pem"] = public.public_bytes(encoding.PEM, fmt.PKCS1)
+        forms["pkcs1-der"] = public.public_bytes(encoding.DER, fmt.PKCS1)
+    return forms
+
+
+EC_ENCODINGS = ["spki-pem", "spki-pem-stripped", "spki-der", "openssh", "jwk-json"]
+RSA_ENCODINGS = [*EC_ENCODINGS, "pkcs1-pem", "pkcs1-der"]
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
+@pytest.mark.parametrize(
+    ("kind", "encoding"),
+    [("rsa", e) for e in RSA_ENCODINGS] + [("ec", e) for e in EC_ENCODINGS],
+)
+def test_hmac_token_keyed_with_the_configured_public_key_is_401(
+    make_client, snapshot, kind, encoding, alg
+):
+    """Key confusion: the public key, in any encoding, used as an HMAC secret."""
+    private = rsa_key() if kind == "rsa" else ec_key()
+    client = make_client(JWT_SECRET=None, JWT_PUBLIC_KEY=public_pem(private))
+    seed(client)
+    before = snapshot()
+    key = public_key_encodings(private)[encoding]
+    header = {"alg": alg, "typ": "JWT"}
+    token = hand_token(header, claims(scope="stat:admin"), key, "sha" + alg[2:])
+    assert_invalid_token(put(client, {"Authorization": "Bearer " + token}))
+    assert snapshot() == before
+
+
 def test_es256_token_is_accepted_with_an_ec_public_key(make_client):
     client = make_client(JWT_SECRET=None, JWT_PUBLIC_KEY=public_pem(ec_key()))
     token = jwt.encode(claims(), ec_key(), algorithm="ES256")
@@ -397,28 +486,70 @@ def jwk(private_key, kid: str) -> dict:
     return {**key, "kid": kid, "use": "sig", "alg": alg}
 
 
+# Answers of a broken JWKS endpoint: (status, body).
+BROKEN_JWKS = {
+    "status-500": (500, b"{}"),
+    "html": (200, b"<html><body>502 Bad Gateway</body></html>"),
+    "empty-key-set": (200, b'{"keys": []}'),
+    "not-an-object": (200, b"[]"),
+    "unusable-key": (
+        200,
+        b'{"keys": [{"kty": "RSA", "kid": "k1", "n": "x", "e": "y"}]}',
+    ),
+}
+TRICKLE_SECONDS = PROMPT + 1
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client that gave up on a hung or trickling answer
+
+
 class JwksServer:
-    """A local JWKS endpoint whose key set a test may change."""
+    """A local JWKS endpoint whose key set and behaviour a test may change.
+
+    ``mode``: "ok"; "hang" (answers once ``release`` is set, or after 10 s);
+    "truncated" (a body shorter than its Content-Length); "trickle" (the key
+    set one byte every 0.2 s, for at most TRICKLE_SECONDS); or a BROKEN_JWKS key.
+    """
 
     def __init__(self, keys: list[dict]):
         self.keys = keys
         self.hits = 0
+        self.mode = "ok"
+        self.release = threading.Event()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 owner.hits += 1
-                data = json.dumps({"keys": owner.keys}).encode()
-                self.send_response(200)
+                mode = owner.mode
+                if mode == "hang":
+                    owner.release.wait(10)
+                status, data = BROKEN_JWKS.get(
+                    mode, (200, json.dumps({"keys": owner.keys}).encode())
+                )
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if mode == "truncated":
+                    data = data[:20]
+                if mode != "trickle":
+                    self.wfile.write(data)
+                    return
+                deadline = time.monotonic() + TRICKLE_SECONDS
+                for i in range(len(data)):
+                    if time.monotonic() > deadline:
+                        return
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.2)
 
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, args=(0.05,), daemon=True
         )
@@ -429,6 +560,7 @@ class JwksServer:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
 
     def stop(self) -> None:
+        self.release.set()
         if self.thread.is_alive():
             self.httpd.shutdown()
             self.thread.join()
@@ -507,10 +639,16 @@ def test_jwks_token_without_a_known_kid_is_401(jwks_client, snapshot, headers):
     assert snapshot() == before
 
 
-def test_jwks_hs256_token_with_a_known_kid_is_401(jwks_client):
+@pytest.mark.parametrize("encoding", RSA_ENCODINGS)
+def test_jwks_hs256_token_with_a_known_kid_is_401(jwks_client, snapshot, encoding):
+    """Key confusion against a JWKS: HMAC keyed with k1's public key, any form."""
+    seed(jwks_client)
+    before = snapshot()
     header = {"alg": "HS256", "typ": "JWT", "kid": "k1"}
-    token = hand_token(header, claims(), public_pem(rsa_key()).encode())
+    key = public_key_encodings(rsa_key())[encoding]
+    token = hand_token(header, claims(scope="stat:admin"), key)
     assert_invalid_token(put(jwks_client, {"Authorization": "Bearer " + token}))
+    assert snapshot() == before
 
 
 @pytest.fixture
@@ -549,6 +687,108 @@ def test_jwks_outage_after_a_fetch_keeps_cached_keys_working(jwks_client, jwks):
     assert put(jwks_client, bearer_rs("k1")).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "status-500",
+        "truncated",
+        "html",
+        "empty-key-set",
+        "not-an-object",
+        "unusable-key",
+    ],
+)
+def test_jwks_answer_that_is_no_usable_key_set_is_a_prompt_503(
+    make_client, snapshot, jwks, mode
+):
+    """The key source is broken, not the token: the client should retry later."""
+    jwks.mode = mode
+    client = make_client(JWT_SECRET=None, JWT_JWKS_URL=jwks.url, JWT_JWKS_TIMEOUT=0.5)
+    seed(client)
+    before = snapshot()
+    started = time.monotonic()
+    resp = put(client, bearer_rs("k1"))
+    elapsed = time.monotonic() - started
+    error_body(resp, 503, "SERVICE_UNAVAILABLE")
+    assert resp.headers["Retry-After"].isdigit()
+    assert elapsed < PROMPT
+    assert snapshot() == before
+
+
+@pytest.fixture
+def fake_client(settings):
+    """Like ``make_client``, on fakeredis only: for tests whose cost is waiting."""
+    fake = fakeredis.FakeRedis()
+
+    def build(**overrides):
+        app = create_app({**settings, **overrides}, redis_client=fake)
+        return app.test_client()
+
+    build.snapshot = lambda: dump(fake, settings["KEY_PREFIX"])
+    yield build
+    fake.close()
+
+
+def test_jwks_endpoint_that_trickles_is_still_a_prompt_503(fake_client, jwks):
+    jwks.mode = "trickle"  # one byte every 0.2 s: each read is within the timeout
+    client = fake_client(JWT_SECRET=None, JWT_JWKS_URL=jwks.url, JWT_JWKS_TIMEOUT=0.5)
+    seed(client)
+    before = fake_client.snapshot()
+    started = time.monotonic()
+    resp = put(client, bearer_rs("k1"))
+    elapsed = time.monotonic() - started
+    error_body(resp, 503, "SERVICE_UNAVAILABLE")
+    assert elapsed < PROMPT, elapsed
+    assert fake_client.snapshot() == before
+
+
+@pytest.mark.gunicorn
+def test_jwks_under_gunicorn_outage_is_prompt_503_and_keys_return_without_restart(
+    spawn, module_redis, jwks
+):
+    """Each sync worker: a hung JWKS is a prompt 503 (no worker timeout), the
+    endpoint's return and then a rotated key are picked up by the running
+    workers."""
+    jwks.mode = "hang"
+    prefix = f"stat-test:{uuid.uuid4().hex[:12]}:"
+    svc = spawn(
+        REDIS_URL=module_redis.url,
+        KEY_PREFIX=prefix,
+        JWT_JWKS_URL=jwks.url,
+        JWT_JWKS_TIMEOUT="0.5",
+        JWT_JWKS_REFRESH_COOLDOWN="0.5",
+    ).wait_ready()
+    master = svc.proc.pid
+    store = redis.Redis.from_url(module_redis.url)
+
+    def auth(kid, key_name="main"):
+        return ("Authorization", "Bearer " + rs256(SUB, key_name, kid=kid))
+
+    try:
+        for reply in svc.put_on_both_workers(SUB, BODY, auth=auth("k1")):
+            assert_prompt_503(reply)
+        assert dump(store, prefix) == {}
+
+        jwks.mode = "ok"
+        jwks.release.set()
+        for reply in svc.put_on_both_workers(SUB, BODY, auth=auth("k1")):
+            assert reply.status == 200, reply
+
+        jwks.keys = [jwk(rsa_key("rotated"), "k2")]
+        time.sleep(0.6)  # past JWT_JWKS_REFRESH_COOLDOWN since each worker's fetch
+        rotated = auth("k2", "rotated")
+        doc = {"favorites": ["after-rotation"]}
+        for reply in svc.put_on_both_workers(SUB, doc, auth=rotated):
+            assert reply.status == 200, reply
+        for reply in svc.get_on_both_workers(SUB, auth=rotated):
+            assert reply.json()["favorites"] == ["after-rotation"], reply
+    finally:
+        store.close()
+    log = svc.log()
+    assert "WORKER TIMEOUT" not in log, log
+    assert svc.proc.pid == master and svc.proc.poll() is None, log
+
+
 # --- authorization --------------------------------------------------------------
 
 
@@ -570,6 +810,68 @@ def test_token_for_one_subscriber_is_403_on_another_and_reveals_nothing(
     assert empty.status_code == 403
     assert empty.get_json() == payload
     assert snapshot() == before
+
+
+CROSS_SUBSCRIBER = [
+    pytest.param("GET", "", None, 403, id="GET"),
+    pytest.param("HEAD", "", None, 403, id="HEAD"),
+    pytest.param("PUT", "", BODY, 403, id="PUT-delta"),
+    pytest.param("PUT", "?isDelta=false", {"favorites": []}, 403, id="PUT-overwrite"),
+    pytest.param("PUT", "", {**BODY, "user_id": OTHER}, 403, id="PUT-with-user_id"),
+    pytest.param("DELETE", "", None, 403, id="DELETE"),
+    pytest.param("POST", "", BODY, 405, id="POST"),
+    pytest.param("PATCH", "", BODY, 405, id="PATCH"),
+    pytest.param("OPTIONS", "", None, 405, id="OPTIONS"),
+]
+
+
+@pytest.mark.parametrize(("method", "query", "doc", "status"), CROSS_SUBSCRIBER)
+def test_token_for_one_subscriber_reaches_nothing_of_another_by_any_method(
+    client, snapshot, method, query, doc, status
+):
+    seed(client, OTHER)
+    before = snapshot()
+    resp = client.open(
+        PATH + OTHER + query, method=method, json=doc, headers=token_for(SUB)
+    )
+    assert resp.status_code == status, resp.data
+    if method == "HEAD":
+        assert resp.data == b""
+    else:
+        error_body(resp, status, "FORBIDDEN" if status == 403 else "METHOD_NOT_ALLOWED")
+    # Random ids (X-Request-ID) could hold "a1" or "f2" by chance.
+    headers = "".join(v for k, v in resp.headers if k.lower() != "x-request-id")
+    leaked = resp.data + headers.encode()
+    for secret in (OTHER, "f1", "f2", "a1", "1764000"):
+        assert secret.encode() not in leaked
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "raw_id",
+    [
+        SUB.upper(),
+        "User@example.org",
+        SUB + "%20",
+        "%20" + SUB,
+        SUB + "%C2%A0",
+        SUB + "/",
+        SUB + "%2F",
+        SUB + ".evil.example",
+        "x" + SUB,
+    ],
+)
+def test_token_does_not_reach_ids_that_only_look_like_its_own(client, snapshot, raw_id):
+    seed(client)
+    before = snapshot()
+    for method in ("GET", "PUT", "DELETE"):
+        resp = client.open(PATH + raw_id, method=method, json=BODY, headers=token_for())
+        error_body(resp, 403, "FORBIDDEN")
+    assert snapshot() == before
+    # The same id percent-encoded is the same subscriber.
+    resp = client.get(PATH + "user%40example.org", headers=token_for())
+    assert resp.status_code == 200
+    assert resp.get_json()["favorites"] == ["f1", "f2"]
 
 
 @pytest.mark.parametrize(
