@@ -54,6 +54,7 @@ def on_starting(server):
 
     from stat_service import ConfigError, check_config, serving
     from stat_service.embedded import ensure_redis
+    from stat_service.redis_client import detect_at_start
 
     serving.install()  # gunicorn's own error pages as MetaX JSON, not HTML
 
@@ -63,6 +64,7 @@ def on_starting(server):
     except ConfigError as exc:
         server.log.error("configuration error: %s", exc)
         raise SystemExit(2) from None
+    detect_at_start(server.log)
 
 
 def child_exit(server, worker):

@@ -66,7 +66,12 @@ def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
         from .redis_client import make_client
 
         redis_client = make_client(settings)
-    app.extensions["stat_store"] = StatStore(redis_client, prefix=settings.KEY_PREFIX)
+    app.extensions["stat_store"] = StatStore(
+        redis_client,
+        prefix=settings.KEY_PREFIX,
+        min_replicas=settings.REDIS_MIN_REPLICAS_ACK,
+        wait_timeout_ms=settings.REDIS_WAIT_TIMEOUT_MS,
+    )
     app.extensions["stat_auth"] = TokenVerifier(settings)
 
     errors.register(app)

@@ -108,9 +108,12 @@ from itertools import islice
 import orjson
 import redis
 from marshmallow import ValidationError
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, NoScriptError
 
 from . import strictjson
 from .errors import MESSAGES, json_keys, validation_reason
+from .redis_client import real_client, refresh_topology
 from .schemas import load_body, subscriber_id_problem, too_many_items
 from .store import RECORD_FIELDS, StatStore, decode_history, hash_tag
 
@@ -583,7 +586,7 @@ def process_block(
     With ``budget``, stops after the reject that exceeds it; everything
     validated before is still written.
     """
-    pipe = store.client.pipeline(transaction=False)
+    calls = []
     script_call = store.script_call
     applied = read = 0
     rejects: list = []
@@ -598,11 +601,61 @@ def process_block(
                 break
             continue
         script, keys, args, _ = script_call(outcome[0], outcome[1], delta=delta)
-        script(keys=keys, args=args, client=pipe)
+        calls.append((script, keys, args))
         applied += 1
-    if applied:
-        pipe.execute()
+    if calls:
+        send(store, calls)
     return BlockResult(read, applied, rejects, stopped_at)
+
+
+def send(store: StatStore, calls: list) -> list:
+    """Run (script, keys, args) calls on non-transactional pipelines; replies
+    in order.
+
+    One pipeline to a single server; on a cluster one per primary, as
+    redis-py's cluster pipeline runs no scripts. The scripts are loaded
+    beforehand (``StatStore.load_scripts``). A server that lost them (SCRIPT
+    FLUSH, a failover) gets them again, and a cluster whose slots moved is
+    re-read, then the calls are sent once more: safe, as every write sets
+    absolute values.
+    """
+    client = real_client(store.client)
+    if not isinstance(client, RedisCluster):
+        return _send_to(store, client, calls)
+    try:
+        return _send_by_primary(store, client, calls)
+    except (AskError, redis.ConnectionError, redis.TimeoutError):  # MOVED included
+        refresh_topology(client)
+    return _send_by_primary(store, client, calls)
+
+
+def _send_by_primary(store: StatStore, cluster: RedisCluster, calls: list) -> list:
+    groups: dict = {}
+    for i, (_, keys, _) in enumerate(calls):
+        node = cluster.get_node_from_key(keys[0])
+        groups.setdefault(node.name, (node, []))[1].append(i)
+    replies: list = [None] * len(calls)
+    for node, indexes in groups.values():
+        server = cluster.get_redis_connection(node)
+        sent = _send_to(store, server, [calls[i] for i in indexes])
+        for i, reply in zip(indexes, sent, strict=True):
+            replies[i] = reply
+    return replies
+
+
+def _send_to(store: StatStore, server, calls: list) -> list:
+    try:
+        return _pipeline(server, calls).execute()
+    except NoScriptError:
+        store.load_scripts()
+    return _pipeline(server, calls).execute()
+
+
+def _pipeline(server, calls: list):
+    pipe = server.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return pipe
 
 
 class _Inline:
@@ -634,6 +687,7 @@ def _worker_main(settings, prefix, validate, delta, tasks, results) -> None:
     from .redis_client import make_client
 
     store = StatStore(make_client(settings), prefix=prefix)
+    store.load_scripts()
     while True:
         task = tasks.get()
         if task is None:
@@ -736,6 +790,9 @@ def route(entry, jobs: int) -> int:
 
 
 def _redis_target(client) -> str:
+    client = real_client(client)
+    if isinstance(client, RedisCluster):  # every node, so a failover is no change
+        return "cluster:" + ",".join(sorted(node.name for node in client.get_nodes()))
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
         return f"unix:{kwargs['path']}/{kwargs.get('db', 0)}"
@@ -1048,6 +1105,7 @@ class _Import:
             report.status = EXIT_REJECTS if report.rejected else EXIT_OK
             return report
         validate, entries = self._entries(self.line)  # a bad CSV header stops here
+        self.store.load_scripts()
         self._open_rejects(saved)
         jobs = self.o.jobs
         try:
@@ -1196,20 +1254,34 @@ def export_line(subscriber_id: str, history: dict) -> bytes:
 def scan_subscribers(store: StatStore, count: int = 1000) -> Iterator[list]:
     """Pages of (subscriber id, key kind) under the store's prefix, by SCAN."""
     pattern = glob_escape(store.prefix) + "{*"
+    for server in scan_targets(store.client):
+        for keys in _scan(server, pattern, count):
+            page = []
+            for key in keys:
+                try:
+                    text = key.decode("utf-8") if isinstance(key, bytes) else key
+                except UnicodeDecodeError:
+                    continue  # not one of ours: ids are valid UTF-8
+                found = subscriber_id_from_key(text, store.prefix)
+                if found is not None:
+                    page.append(found)
+            if page:
+                yield page
+
+
+def scan_targets(client) -> list:
+    """The servers to SCAN: the one server, or every primary of a cluster."""
+    client = real_client(client)
+    if isinstance(client, RedisCluster):
+        return [client.get_redis_connection(n) for n in client.get_primaries()]
+    return [client]
+
+
+def _scan(server, pattern: str, count: int) -> Iterator[list]:
     cursor = 0
     while True:
-        cursor, keys = store.client.scan(cursor, match=pattern, count=count)
-        page = []
-        for key in keys:
-            try:
-                text = key.decode("utf-8") if isinstance(key, bytes) else key
-            except UnicodeDecodeError:
-                continue  # not one of ours: ids are valid UTF-8
-            found = subscriber_id_from_key(text, store.prefix)
-            if found is not None:
-                page.append(found)
-        if page:
-            yield page
+        cursor, keys = server.scan(cursor, match=pattern, count=count)
+        yield keys
         if cursor == 0:
             return
 
@@ -1220,12 +1292,9 @@ def export(store: StatStore, out, *, subscriber_id: str | None = None, progress=
         out.write(export_line(subscriber_id, store.get(subscriber_id)))
         return 1
     written = 0
+    store.load_scripts()
     for page in scan_subscribers(store):
-        pipe = store.client.pipeline(transaction=False)
-        for found, _ in page:
-            script, keys, args = store.read_call(found)
-            script(keys=keys, args=args, client=pipe)
-        replies = pipe.execute()
+        replies = send(store, [store.read_call(found) for found, _ in page])
         lines = []
         for (found, kind), reply in zip(page, replies, strict=True):
             history = decode_history(reply)

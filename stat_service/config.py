@@ -37,6 +37,8 @@ class Settings:
     REDIS_CONNECT_TIMEOUT: float = 0.25
     REDIS_RETRIES: int = 1
     REDIS_MAX_CONNECTIONS: int = 32
+    REDIS_MIN_REPLICAS_ACK: int = 0
+    REDIS_WAIT_TIMEOUT_MS: int = 200
     KEY_PREFIX: str = "stat:"
     MAX_BODY_BYTES: int = 1024 * 1024
     MAX_ITEMS: int = 5000
@@ -66,6 +68,8 @@ _CONVERTERS = {
     "REDIS_CONNECT_TIMEOUT": float,
     "REDIS_RETRIES": int,
     "REDIS_MAX_CONNECTIONS": int,
+    "REDIS_MIN_REPLICAS_ACK": int,
+    "REDIS_WAIT_TIMEOUT_MS": int,
     "MAX_BODY_BYTES": int,
     "MAX_ITEMS": int,
     "JWT_JWKS_TIMEOUT": float,
@@ -117,6 +121,16 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             "REDIS_SOCKET_TIMEOUT and REDIS_CONNECT_TIMEOUT must be positive "
             "and REDIS_RETRIES >= 0"
+        )
+    if s.REDIS_MIN_REPLICAS_ACK < 0:
+        raise ConfigError("REDIS_MIN_REPLICAS_ACK must be 0 (off) or more")
+    if s.REDIS_MIN_REPLICAS_ACK and not (
+        0 < s.REDIS_WAIT_TIMEOUT_MS < s.REDIS_SOCKET_TIMEOUT * 1000
+    ):
+        raise ConfigError(
+            "REDIS_WAIT_TIMEOUT_MS must be positive and below REDIS_SOCKET_TIMEOUT "
+            f"({s.REDIS_SOCKET_TIMEOUT * 1000:g} ms), or WAIT would outlast the "
+            "socket timeout"
         )
     if s.LOG_LEVEL.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError("LOG_LEVEL must be debug, info, warning, error or critical")

@@ -53,4 +53,5 @@ def ensure_redis(log) -> None:
     url = start_fake_redis()
     os.environ["REDIS_URL"] = url
     os.environ["EMBEDDED_REDIS"] = "true"
+    os.environ["REDIS_CLUSTER"] = "false"  # fakeredis: never a cluster
     log.warning(BANNER.format(url=url))

@@ -7,9 +7,11 @@ import logging
 import redis
 from flask import Flask, current_app, jsonify
 from marshmallow import ValidationError
+from redis.exceptions import RedisClusterException
 from werkzeug.exceptions import HTTPException
 
 from .metrics import REDIS_ERRORS
+from .redis_client import NotReplicated
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +96,25 @@ def validation_reason(messages, limit: int = 5) -> str:
     return reason
 
 
+# Replies that mean "not now": an outage, a failover, a full or busy server.
+# redis-py turns the codes it knows (OOM, MASTERDOWN, CLUSTERDOWN, MOVED/ASK,
+# TRYAGAIN, READONLY, LOADING) into classes and strips them from the text.
+_UNAVAILABLE = (
+    redis.ConnectionError,  # includes BusyLoadingError and MaxConnectionsError
+    redis.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ClusterDownError,  # includes MasterDownError
+    redis.exceptions.AskError,  # includes MovedError; the cluster client follows
+    # both, so they surface only when a slot keeps moving
+)
+
+
 def _redis_unavailable(exc: Exception) -> bool:
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-        return True  # includes BusyLoadingError
-    if isinstance(
-        exc, (redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError)
-    ):
+    if isinstance(exc, _UNAVAILABLE):
         return True
-    text = str(exc)
-    return text.startswith(
-        ("OOM ", "MASTERDOWN", "BUSY ", "NOREPLICAS", "CLUSTERDOWN", "LOADING")
-    )
+    return str(exc).startswith(("BUSY ", "NOREPLICAS", "MASTERDOWN", "OOM "))
 
 
 def register(app: Flask) -> None:
@@ -135,16 +145,25 @@ def register(app: Flask) -> None:
             status = 400 if 400 <= status < 500 else 500
         return error_response(status, reason, headers=headers)
 
+    @app.errorhandler(RedisClusterException)  # no node of the cluster answers
     @app.errorhandler(redis.RedisError)
-    def _redis(exc: redis.RedisError):
-        if _redis_unavailable(exc):
+    def _redis(exc: Exception):
+        retry_after = {
+            "Retry-After": str(current_app.config["STAT"].RETRY_AFTER_SECONDS)
+        }
+        if isinstance(exc, NotReplicated):
+            REDIS_ERRORS.labels("not_replicated").inc()
+            log.warning("write not replicated: %s", exc)
+            reason = (
+                "write not confirmed by enough replicas in time; it may have "
+                "been applied, and retrying it is safe"
+            )
+            return error_response(503, reason, headers=retry_after)
+        if isinstance(exc, RedisClusterException) or _redis_unavailable(exc):
             REDIS_ERRORS.labels("unavailable").inc()
             log.warning("redis unavailable: %s: %s", type(exc).__name__, exc)
-            retry_after = str(current_app.config["STAT"].RETRY_AFTER_SECONDS)
             return error_response(
-                503,
-                "storage temporarily unavailable",
-                headers={"Retry-After": retry_after},
+                503, "storage temporarily unavailable", headers=retry_after
             )
         REDIS_ERRORS.labels("error").inc()
         log.error("redis error", exc_info=exc)

@@ -1,15 +1,33 @@
-"""The Redis client, configured for prompt failure instead of long hangs."""
+"""The Redis client: one server or a Redis Cluster, failing promptly.
+
+``make_client`` gives a ``redis.Redis`` when ``REDIS_CLUSTER=false``. Else it
+gives a ``LazyClient``, which builds its client on first use: redis-py's
+``RedisCluster`` when ``REDIS_CLUSTER=true`` or when the server at
+``REDIS_URL`` says ``cluster_enabled:1`` (``REDIS_CLUSTER`` unset). Being
+lazy, the service starts while Redis is down and answers 503 until it is up,
+in either mode; a failed detection is tried again on the next request.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.commands.core import Script
+from redis.connection import Encoder
+from redis.exceptions import AskError, NoScriptError, RedisClusterException
 from redis.retry import Retry
 
-from .config import ConfigError, Settings
+from .config import Settings
+
+_ENCODER = Encoder("utf-8", "strict", False)  # redis-py's default, for scripts
 
 
-def make_client(settings: Settings) -> redis.Redis:
+def make_client(settings: Settings):
     """A client whose worst case is about one second before it gives up.
 
     redis-py's defaults retry a timed-out call several times with no short
@@ -17,17 +35,193 @@ def make_client(settings: Settings) -> redis.Redis:
     attempt is bounded by REDIS_CONNECT_TIMEOUT / REDIS_SOCKET_TIMEOUT and
     there are REDIS_RETRIES retries (safe: every write is idempotent).
     """
-    if settings.REDIS_CLUSTER:
-        raise ConfigError(
-            "REDIS_CLUSTER=true is not supported yet (planned; see the README)"
-        )
-    retry = Retry(ExponentialBackoff(cap=0.05, base=0.01), settings.REDIS_RETRIES)
+    if settings.REDIS_CLUSTER is False:
+        return _standalone(settings)
+    # Parse the URL now, so a malformed one stops start-up with its reason.
+    redis.connection.parse_url(settings.REDIS_URL)
+    return LazyClient(settings)
+
+
+def _retry(settings: Settings) -> Retry:
+    return Retry(ExponentialBackoff(cap=0.05, base=0.01), settings.REDIS_RETRIES)
+
+
+def _standalone(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(
         settings.REDIS_URL,
         socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
         socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
-        retry=retry,
+        retry=_retry(settings),
         health_check_interval=30,
         max_connections=settings.REDIS_MAX_CONNECTIONS,
         client_name="stat_service",
+    )
+
+
+def _cluster(settings: Settings) -> RedisCluster:
+    """redis-py's cluster client: follows MOVED/ASK, refreshes the topology."""
+    try:
+        return RedisCluster.from_url(
+            settings.REDIS_URL,
+            socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
+            retry=_retry(settings),
+            health_check_interval=30,
+            max_connections=settings.REDIS_MAX_CONNECTIONS,
+            client_name="stat_service",
+        )
+    except RedisClusterException as exc:  # no node reachable: an outage
+        raise redis.ConnectionError(str(exc)) from exc
+
+
+def is_cluster_server(settings: Settings) -> bool:
+    """Whether the server at REDIS_URL is a cluster node (asks INFO cluster)."""
+    probe = _standalone(settings)
+    try:
+        return bool(probe.info("cluster").get("cluster_enabled"))
+    finally:
+        probe.close()
+
+
+def _connect(settings: Settings):
+    if settings.REDIS_CLUSTER or is_cluster_server(settings):
+        return _cluster(settings)
+    return _standalone(settings)
+
+
+class LazyClient:
+    """A client built on first use; every attribute is the built client's."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._client = None
+        self._lock = threading.Lock()
+
+    def resolve(self):
+        """The real client, built (and the mode detected) on the first call."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = _connect(self._settings)
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str):
+        return getattr(self.resolve(), name)
+
+    def register_script(self, script: str) -> Script:
+        # Scripts are registered at start, before any connection is wanted.
+        return Script(self, script)
+
+    def get_encoder(self) -> Encoder:
+        return _ENCODER
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def real_client(client):
+    """The client behind a LazyClient (built now if needed), else ``client``."""
+    return client.resolve() if isinstance(client, LazyClient) else client
+
+
+def ping(client) -> bool:
+    """Readiness: the server, or every primary of a cluster, answers PING."""
+    client = real_client(client)
+    if isinstance(client, RedisCluster):
+        return bool(client.ping(target_nodes=RedisCluster.PRIMARIES))
+    return bool(client.ping())
+
+
+class NotReplicated(redis.RedisError):
+    """WAIT saw fewer replicas than REDIS_MIN_REPLICAS_ACK hold the write."""
+
+    def __init__(self, wanted: int, acked: int, timeout_ms: int):
+        super().__init__(
+            f"write confirmed by {acked} of {wanted} replicas within {timeout_ms} ms"
+        )
+
+
+def call_and_wait(client, script, keys, args, replicas: int, timeout_ms: int):
+    """Run ``script``, then ``WAIT replicas timeout_ms``, on one connection.
+
+    WAIT counts the replicas that acknowledged the writes made on its own
+    connection, so both go in one pipeline (one round trip) to the server,
+    or the cluster primary, that owns the keys. A cluster whose topology
+    changed (MOVED) is re-read and the call tried once more; a node that
+    does not answer also makes the topology be re-read, for the next call.
+    """
+    real = real_client(client)
+    if not isinstance(real, RedisCluster):
+        return _call_and_wait(real, script, keys, args, replicas, timeout_ms)
+    try:
+        return _on_primary(real, script, keys, args, replicas, timeout_ms)
+    except AskError:  # MOVED included: re-read the slots and try once more
+        refresh_topology(real)
+    except (redis.ConnectionError, redis.TimeoutError):
+        refresh_topology(real)
+        raise
+    return _on_primary(real, script, keys, args, replicas, timeout_ms)
+
+
+def _on_primary(cluster: RedisCluster, script, keys, args, replicas, timeout_ms):
+    node = cluster.get_redis_connection(cluster.get_node_from_key(keys[0]))
+    return _call_and_wait(node, script, keys, args, replicas, timeout_ms)
+
+
+def refresh_topology(cluster: RedisCluster) -> None:
+    # When no node answers now, the next call tries again.
+    with contextlib.suppress(redis.RedisError, RedisClusterException):
+        cluster.nodes_manager.initialize()
+
+
+def _call_and_wait(target, script, keys, args, replicas, timeout_ms):
+    for command in ("EVALSHA", "EVAL"):  # EVAL when the script cache lacks it
+        pipe = target.pipeline(transaction=False)
+        code = script.sha if command == "EVALSHA" else script.script
+        pipe.execute_command(command, code, len(keys), *keys, *args)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        reply, acked = pipe.execute(raise_on_error=False)
+        if not isinstance(reply, NoScriptError):
+            break
+    for result in (reply, acked):
+        if isinstance(result, Exception):
+            raise result
+    if acked < replicas:
+        raise NotReplicated(replicas, acked, timeout_ms)
+    return reply
+
+
+def detect_at_start(log, environ=None) -> None:
+    """In gunicorn's master: settle REDIS_CLUSTER once for every worker.
+
+    With REDIS_CLUSTER unset, asks the server at REDIS_URL and exports the
+    answer to the environment the workers inherit. When Redis does not
+    answer yet, leaves it unset: each worker detects on its first request.
+    """
+    from .config import load_settings
+
+    environ = os.environ if environ is None else environ
+    settings = load_settings(environ=environ)
+    if settings.REDIS_CLUSTER is not None:
+        return
+    url = redis.connection.parse_url(settings.REDIS_URL)
+    where = f"{url.get('host', '?')}:{url.get('port', 6379)}"
+    try:
+        cluster = is_cluster_server(settings)
+    except redis.RedisError as exc:
+        log.warning(
+            "Redis at %s does not answer (%s); cluster mode will be detected "
+            "on the first request",
+            where,
+            exc,
+        )
+        return
+    environ["REDIS_CLUSTER"] = "true" if cluster else "false"
+    log.info(
+        "Redis at %s is %s",
+        where,
+        "a Redis Cluster node: cluster mode" if cluster else "a single server",
     )

@@ -35,7 +35,10 @@ from __future__ import annotations
 import importlib.resources
 from dataclasses import dataclass
 
+from redis.exceptions import NoScriptError
+
 from .metrics import SCRIPT_CALLS
+from .redis_client import call_and_wait, ping
 
 RECORD_FIELDS = (
     "play_count",
@@ -136,11 +139,23 @@ class PutResult:
 class StatStore:
     """A subscriber's favorites and view data in Redis, one script per request."""
 
-    def __init__(self, client, prefix: str = "stat:"):
+    def __init__(
+        self,
+        client,
+        prefix: str = "stat:",
+        *,
+        min_replicas: int = 0,
+        wait_timeout_ms: int = 0,
+    ):
+        """``min_replicas`` > 0: a write returns only once WAIT confirms that
+        many replicas hold it (within ``wait_timeout_ms``), else it raises
+        ``NotReplicated``."""
         if "{" in prefix or "}" in prefix:
             raise ValueError("prefix must not contain '{' or '}'")
         self.client = client
         self.prefix = prefix
+        self.min_replicas = min_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._delta = client.register_script(_load_lua("put_delta"))
         self._overwrite = client.register_script(_load_lua("put_overwrite"))
         self._read = client.register_script(_load_lua("read"))
@@ -154,9 +169,15 @@ class StatStore:
         """Apply a validated body (favorites, view_data) atomically, in one call."""
         script, keys, args, written = self.script_call(subscriber_id, body, delta=delta)
         name = "put_delta" if delta else "put_overwrite"
-        return PutResult(
-            favorites=int(_run(name, script, keys, args)), view_data=written
-        )
+        if self.min_replicas:
+            wait = (self.min_replicas, self.wait_timeout_ms)
+            reply = _run(name, self._durable, keys, args, script=script, wait=wait)
+        else:
+            reply = _run(name, script, keys, args)
+        return PutResult(favorites=int(reply), view_data=written)
+
+    def _durable(self, keys, args, *, script, wait):
+        return call_and_wait(self.client, script, keys, args, *wait)
 
     def script_call(self, subscriber_id: str, body: dict, *, delta: bool):
         """(script, keys, args, assets written) for one validated body.
@@ -190,7 +211,12 @@ class StatStore:
         self.client.delete(*self.keys(subscriber_id))
 
     def ping(self) -> bool:
-        return bool(self.client.ping())
+        return ping(self.client)
+
+    def load_scripts(self) -> None:
+        """Load the scripts (on every primary of a cluster), for pipelines."""
+        for script in (self._delta, self._overwrite, self._read):
+            script.sha = self.client.script_load(script.script)
 
 
 def decode_history(reply) -> dict:
@@ -205,10 +231,21 @@ def decode_history(reply) -> dict:
     }
 
 
-def _run(name: str, script, keys, args):
-    """Call a registered script, counting the call by outcome."""
+def _run(name: str, call, keys, args, **kwargs):
+    """Call a registered script, counting the call by outcome.
+
+    redis-py reloads a script Redis does not know and retries once; should
+    the cache be flushed again in between (SCRIPT FLUSH, a failover to a
+    fresh replica), the script is sent whole with EVAL, which needs no cache.
+    """
     try:
-        reply = script(keys=keys, args=args)
+        try:
+            reply = call(keys=keys, args=args, **kwargs)
+        except NoScriptError:
+            script = kwargs.get("script", call)
+            reply = script.registered_client.eval(
+                script.script, len(keys), *keys, *args
+            )
     except Exception:
         SCRIPT_CALLS.labels(name, "error").inc()
         raise

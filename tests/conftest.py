@@ -20,6 +20,7 @@ import redis
 
 from stat_service import create_app
 from stat_service.config import Settings
+from tests.cluster import LocalCluster
 from tests.support import INSTALL_HINT, RedisServer, delete_prefix, dump, redis_ping
 
 # Fixtures for tests that run the service under gunicorn.
@@ -65,7 +66,35 @@ def key_prefix():
     return f"stat-test:{uuid.uuid4().hex[:12]}:"
 
 
-@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.real_redis)])
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A real 6-node Redis Cluster on loopback, shared by the session.
+
+    Never failed over: tests that kill nodes start a cluster of their own.
+    """
+    cluster = LocalCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+ON_CLUSTER = pytest.param(
+    "cluster", marks=[pytest.mark.real_redis, pytest.mark.cluster]
+)
+
+
+def pytest_generate_tests(metafunc):
+    """``redis_client``: fakeredis and a real Redis; a module that sets
+    ``ALSO_ON_CLUSTER = True`` gets a real Redis Cluster as well."""
+    if "redis_client" in metafunc.fixturenames:
+        backends = ["fake", pytest.param("real", marks=pytest.mark.real_redis)]
+        if getattr(metafunc.module, "ALSO_ON_CLUSTER", False):
+            backends.append(ON_CLUSTER)
+        metafunc.parametrize("redis_client", backends, indirect=True)
+
+
+@pytest.fixture
 def redis_client(request, key_prefix):
     """The same test on fakeredis (with Lua) and on a real Redis server."""
     if request.param == "fake":
@@ -73,7 +102,11 @@ def redis_client(request, key_prefix):
         yield client
         client.close()
         return
-    client = redis.Redis.from_url(request.getfixturevalue("real_redis_url"))
+    if request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        client = redis.RedisCluster.from_url(url)
+    else:
+        client = redis.Redis.from_url(request.getfixturevalue("real_redis_url"))
     yield client
     delete_prefix(client, key_prefix)
     client.close()

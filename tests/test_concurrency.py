@@ -1,4 +1,5 @@
-"""Many threads against one real Redis: no lost update, no half request seen."""
+"""Many threads against a real Redis (one server, and a cluster): no lost update,
+no half request seen."""
 
 from __future__ import annotations
 
@@ -17,13 +18,19 @@ from tests.support import delete_prefix
 pytestmark = pytest.mark.real_redis
 
 THREADS = 16
-AUTH = bearer(SUB)
+AUTH = bearer(SUB, ttl=3600)  # made at import: outlive a long suite
 URL = PATH + SUB
 
 
-@pytest.fixture
-def real_app(real_redis_url, key_prefix):
-    client = redis.Redis.from_url(real_redis_url, max_connections=64)
+@pytest.fixture(params=["single", pytest.param("cluster", marks=pytest.mark.cluster)])
+def real_app(request, key_prefix):
+    """The app on the real Redis, and on a real Redis Cluster."""
+    if request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        client = redis.RedisCluster.from_url(url, max_connections=64)
+    else:
+        url = request.getfixturevalue("real_redis_url")
+        client = redis.Redis.from_url(url, max_connections=64)
     app = create_app(
         {"JWT_SECRET": SECRET, "KEY_PREFIX": key_prefix, "TESTING": True},
         redis_client=client,

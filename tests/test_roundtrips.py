@@ -18,7 +18,7 @@ MAX_ITEMS = 5000  # the default limit
 MAX_BODY_BYTES = 1024 * 1024  # the default limit
 SCRIPT_LIMIT_MS = 1000  # a fifth of Redis' busy-script threshold (5000 ms default)
 URL = PATH + SUB
-AUTH = bearer(SUB)
+AUTH = bearer(SUB, ttl=3600)  # made at import: outlive a long suite
 
 
 @pytest.fixture(scope="module")
