@@ -61,10 +61,10 @@ def on_starting(server):
     ensure_redis(server.log)
     try:
         check_config()  # one clear line now, not a traceback per worker later
+        detect_at_start(server.log)
     except ConfigError as exc:
         server.log.error("configuration error: %s", exc)
         raise SystemExit(2) from None
-    detect_at_start(server.log)
 
 
 def child_exit(server, worker):

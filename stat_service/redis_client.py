@@ -197,16 +197,16 @@ def _call_and_wait(target, script, keys, args, replicas, timeout_ms):
 def detect_at_start(log, environ=None) -> None:
     """In gunicorn's master: settle REDIS_CLUSTER once for every worker.
 
-    With REDIS_CLUSTER unset, asks the server at REDIS_URL and exports the
-    answer to the environment the workers inherit. When Redis does not
-    answer yet, leaves it unset: each worker detects on its first request.
+    Asks the server at REDIS_URL whether it is a cluster node. With
+    REDIS_CLUSTER unset, exports the answer to the environment the workers
+    inherit; set, it must agree (else ConfigError: a wrong mode would answer
+    nothing but errors). When Redis does not answer yet, nothing is settled:
+    each worker detects on its first request.
     """
-    from .config import load_settings
+    from .config import ConfigError, load_settings
 
     environ = os.environ if environ is None else environ
     settings = load_settings(environ=environ)
-    if settings.REDIS_CLUSTER is not None:
-        return
     url = redis.connection.parse_url(settings.REDIS_URL)
     where = f"{url.get('host', '?')}:{url.get('port', 6379)}"
     try:
@@ -218,6 +218,15 @@ def detect_at_start(log, environ=None) -> None:
             where,
             exc,
         )
+        return
+    if settings.REDIS_CLUSTER is not None:
+        if cluster != settings.REDIS_CLUSTER:
+            kind = "a cluster node" if cluster else "not a cluster node"
+            raise ConfigError(
+                f"REDIS_CLUSTER={str(settings.REDIS_CLUSTER).lower()} but the "
+                f"Redis at {where} is {kind}; set REDIS_CLUSTER to match, or "
+                "leave it unset to detect"
+            )
         return
     environ["REDIS_CLUSTER"] = "true" if cluster else "false"
     log.info(

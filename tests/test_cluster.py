@@ -195,7 +195,18 @@ def cluster_service(spawn, cluster: LocalCluster, **env):
     svc = spawn(
         REDIS_URL=cluster.url, JWT_SECRET=SECRET, KEY_PREFIX=prefix, **env
     ).wait_ready()
+    assert "is a Redis Cluster node: cluster mode" in svc.log()
     return svc, prefix
+
+
+@pytest.mark.parametrize("setting", ["true", "false"])
+def test_a_mode_that_contradicts_the_server_stops_start_up(
+    setting, redis_cluster, real_redis_url, spawn
+):
+    url = real_redis_url if setting == "true" else redis_cluster.url
+    svc = spawn(REDIS_URL=url, REDIS_CLUSTER=setting, JWT_SECRET=SECRET)
+    assert svc.wait_exit(20) == 2
+    assert f"configuration error: REDIS_CLUSTER={setting} but the Redis" in svc.log()
 
 
 def view_key(prefix: str, sub: str) -> str:
