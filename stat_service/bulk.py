@@ -647,7 +647,7 @@ def _send_to(store: StatStore, server, calls: list) -> list:
     try:
         return _pipeline(server, calls).execute()
     except NoScriptError:
-        store.load_scripts()
+        store.load_scripts(server)
     return _pipeline(server, calls).execute()
 
 

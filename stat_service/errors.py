@@ -54,12 +54,17 @@ def error_response(status: int, reason: str, *, errors=None, headers=None):
     return response
 
 
-def _path(parts) -> str:
+_UNKNOWN_FIELD = ["Unknown field."]  # marshmallow's message for RAISE
+
+
+def _path(parts, *, unknown: bool = False) -> str:
     out = ""
-    for part in parts:
+    for i, part in enumerate(parts):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part == "_schema":
+        elif part == "_schema" and not (unknown and i == len(parts) - 1):
+            # marshmallow's key for whole-object errors, unless it is the
+            # name of an unknown field sent as "_schema"
             continue
         else:
             out += f".{part}" if out else str(part)
@@ -75,8 +80,9 @@ def _flatten(messages, parts=()):
         and messages
         and all(isinstance(m, str) for m in messages)
     ):
+        path = _path(parts, unknown=messages == _UNKNOWN_FIELD)
         for message in messages:
-            yield f"{_path(parts)}: {message}"
+            yield f"{path}: {message}"
     else:
         yield f"{_path(parts)}: {messages}"
 
@@ -105,9 +111,11 @@ _UNAVAILABLE = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.TryAgainError,
     redis.exceptions.OutOfMemoryError,
-    redis.exceptions.ClusterDownError,  # includes MasterDownError
-    redis.exceptions.AskError,  # includes MovedError; the cluster client follows
-    # both, so they surface only when a slot keeps moving
+    # CLUSTERDOWN, MASTERDOWN, and redirections past redis-py's limit (the
+    # cluster client follows MOVED/ASK itself; a MOVED on a plain client is a
+    # misconfiguration, left a 500)
+    redis.exceptions.ClusterError,
+    redis.exceptions.SlotNotCoveredError,  # no node serves the slot (yet)
 )
 
 
@@ -145,7 +153,7 @@ def register(app: Flask) -> None:
             status = 400 if 400 <= status < 500 else 500
         return error_response(status, reason, headers=headers)
 
-    @app.errorhandler(RedisClusterException)  # no node of the cluster answers
+    @app.errorhandler(RedisClusterException)
     @app.errorhandler(redis.RedisError)
     def _redis(exc: Exception):
         retry_after = {
@@ -159,7 +167,7 @@ def register(app: Flask) -> None:
                 "been applied, and retrying it is safe"
             )
             return error_response(503, reason, headers=retry_after)
-        if isinstance(exc, RedisClusterException) or _redis_unavailable(exc):
+        if _redis_unavailable(exc):
             REDIS_ERRORS.labels("unavailable").inc()
             log.warning("redis unavailable: %s: %s", type(exc).__name__, exc)
             return error_response(

@@ -70,8 +70,10 @@ def _cluster(settings: Settings) -> RedisCluster:
             max_connections=settings.REDIS_MAX_CONNECTIONS,
             client_name="stat_service",
         )
-    except RedisClusterException as exc:  # no node reachable: an outage
-        raise redis.ConnectionError(str(exc)) from exc
+    except RedisClusterException as exc:
+        if isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
+            raise redis.ConnectionError(str(exc)) from exc  # no node answers
+        raise  # e.g. "Cluster mode is not enabled on this node": a 500, logged
 
 
 def is_cluster_server(settings: Settings) -> bool:
@@ -100,12 +102,17 @@ class LazyClient:
     def resolve(self):
         """The real client, built (and the mode detected) on the first call."""
         client = self._client
-        if client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = _connect(self._settings)
-                client = self._client
-        return client
+        if client is not None:
+            return client
+        # One thread connects; the others do not queue behind its timeouts.
+        if not self._lock.acquire(timeout=self._settings.REDIS_CONNECT_TIMEOUT):
+            raise redis.ConnectionError("Redis not reached yet (detecting its mode)")
+        try:
+            if self._client is None:
+                self._client = _connect(self._settings)
+            return self._client
+        finally:
+            self._lock.release()
 
     def __getattr__(self, name: str):
         return getattr(self.resolve(), name)
@@ -128,10 +135,12 @@ def real_client(client):
 
 
 def ping(client) -> bool:
-    """Readiness: the server, or every primary of a cluster, answers PING."""
+    """Readiness: the server answers PING; a cluster node says the cluster
+    serves every slot (``cluster_state:ok``: while a dead primary awaits its
+    replica's promotion, it says ``fail`` and every slot is CLUSTERDOWN)."""
     client = real_client(client)
     if isinstance(client, RedisCluster):
-        return bool(client.ping(target_nodes=RedisCluster.PRIMARIES))
+        return client.cluster_info().get("cluster_state") == "ok"
     return bool(client.ping())
 
 
@@ -163,7 +172,10 @@ def call_and_wait(client, script, keys, args, replicas: int, timeout_ms: int):
     except (redis.ConnectionError, redis.TimeoutError):
         refresh_topology(real)
         raise
-    return _on_primary(real, script, keys, args, replicas, timeout_ms)
+    try:
+        return _on_primary(real, script, keys, args, replicas, timeout_ms)
+    except AskError as exc:  # the slot is moving right now
+        raise redis.ConnectionError(f"slot moving: {exc}") from exc
 
 
 def _on_primary(cluster: RedisCluster, script, keys, args, replicas, timeout_ms):
@@ -207,11 +219,13 @@ def detect_at_start(log, environ=None) -> None:
 
     environ = os.environ if environ is None else environ
     settings = load_settings(environ=environ)
+    if settings.EMBEDDED_REDIS:
+        return  # fakeredis: never a cluster (and it has no INFO)
     url = redis.connection.parse_url(settings.REDIS_URL)
     where = f"{url.get('host', '?')}:{url.get('port', 6379)}"
     try:
         cluster = is_cluster_server(settings)
-    except redis.RedisError as exc:
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
         log.warning(
             "Redis at %s does not answer (%s); cluster mode will be detected "
             "on the first request",

@@ -171,13 +171,10 @@ class StatStore:
         name = "put_delta" if delta else "put_overwrite"
         if self.min_replicas:
             wait = (self.min_replicas, self.wait_timeout_ms)
-            reply = _run(name, self._durable, keys, args, script=script, wait=wait)
+            reply = _run(name, call_and_wait, self.client, script, keys, args, *wait)
         else:
-            reply = _run(name, script, keys, args)
+            reply = _run(name, call_script, script, keys, args)
         return PutResult(favorites=int(reply), view_data=written)
-
-    def _durable(self, keys, args, *, script, wait):
-        return call_and_wait(self.client, script, keys, args, *wait)
 
     def script_call(self, subscriber_id: str, body: dict, *, delta: bool):
         """(script, keys, args, assets written) for one validated body.
@@ -200,7 +197,7 @@ class StatStore:
 
     def get(self, subscriber_id: str) -> dict:
         """Favorites in stored order; view data most recently played first."""
-        return decode_history(_run("read", *self.read_call(subscriber_id)))
+        return decode_history(_run("read", call_script, *self.read_call(subscriber_id)))
 
     def read_call(self, subscriber_id: str):
         """(script, keys, args) of one read, for a loader's pipeline."""
@@ -213,10 +210,12 @@ class StatStore:
     def ping(self) -> bool:
         return ping(self.client)
 
-    def load_scripts(self) -> None:
-        """Load the scripts (on every primary of a cluster), for pipelines."""
+    def load_scripts(self, server=None) -> None:
+        """Load the scripts into ``server``'s cache (default: the client's,
+        which on a cluster is every primary), for pipelines."""
+        server = self.client if server is None else server
         for script in (self._delta, self._overwrite, self._read):
-            script.sha = self.client.script_load(script.script)
+            server.script_load(script.script)
 
 
 def decode_history(reply) -> dict:
@@ -231,21 +230,25 @@ def decode_history(reply) -> dict:
     }
 
 
-def _run(name: str, call, keys, args, **kwargs):
-    """Call a registered script, counting the call by outcome.
+def call_script(script, keys, args):
+    """EVALSHA; when the server lacks the script (a restart, SCRIPT FLUSH, a
+    promoted replica), EVAL with the whole text, which also caches it there.
 
-    redis-py reloads a script Redis does not know and retries once; should
-    the cache be flushed again in between (SCRIPT FLUSH, a failover to a
-    fresh replica), the script is sent whole with EVAL, which needs no cache.
+    Not redis-py's ``Script.__call__``: its reload is a SCRIPT LOAD that, on
+    a cluster, goes to every primary, so one dead primary would fail calls
+    on the healthy ones.
     """
+    client = script.registered_client
     try:
-        try:
-            reply = call(keys=keys, args=args, **kwargs)
-        except NoScriptError:
-            script = kwargs.get("script", call)
-            reply = script.registered_client.eval(
-                script.script, len(keys), *keys, *args
-            )
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return client.eval(script.script, len(keys), *keys, *args)
+
+
+def _run(name: str, call, *args):
+    """``call(*args)``, counting the script call by outcome."""
+    try:
+        reply = call(*args)
     except Exception:
         SCRIPT_CALLS.labels(name, "error").inc()
         raise

@@ -31,7 +31,7 @@ NODE_ARGS = (
 def _cluster_port() -> int:
     """A free port whose cluster-bus port (port + 10000) is free too."""
     for _ in range(200):
-        port = random.randrange(20000, 30000)
+        port = random.randrange(10000, 22768)  # bus port below the ephemeral range
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port))

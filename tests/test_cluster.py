@@ -329,6 +329,59 @@ def test_failover_with_replica_acks_loses_no_acknowledged_write(own_cluster, spa
     # until the old primary is back, as its replica.
     figures = kill_primary_under_stream(own_cluster, svc, prefix, rejoin=True)
     assert figures["lost_acknowledged"] == 0
+    waits = 0
+    for server in own_cluster.primaries():
+        with own_cluster.node(server) as r:
+            waits += int(r.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+    assert waits >= figures["statuses"][200]  # every 200 waited for a replica
+
+
+def test_a_dead_shard_leaves_the_others_writable_with_an_empty_script_cache(
+    spawn,
+):
+    """With one shard down for good (primary killed, replica stopped) and
+    cluster-require-full-coverage off, the other shards still serve, even
+    when their script cache was flushed: the script is reloaded on the
+    key's node only (a SCRIPT LOAD to every primary would fail)."""
+    cluster = LocalCluster("--cluster-require-full-coverage", "no").start()
+    try:
+        svc, prefix = cluster_service(spawn, cluster)
+        subs = [f"shard-{i}" for i in range(30)]
+        for sub in subs:
+            body = {"view_data": [{"asset_id": "a", "play_count": 1}]}
+            assert svc.put(sub + "?isDelta=false", body).status == 200
+        owner = {sub: cluster.primary_of(view_key(prefix, sub)) for sub in subs}
+        victim = owner[subs[0]]
+        others = [p for p in cluster.primaries() if p is not victim]
+        elsewhere = [sub for sub in subs if owner[sub] is not victim]
+        assert len(elsewhere) >= 10
+        for replica in cluster.replicas_of(victim):
+            replica.signal(signal.SIGSTOP)
+        victim.kill()
+        for server in others:
+            with cluster.node(server) as r:
+                r.script_flush()
+        body = {"view_data": [{"asset_id": "a", "play_count": 2}]}
+        for sub in elsewhere:
+            reply = svc.put(sub + "?isDelta=false", body)
+            if reply.status == 503:  # this worker has not dropped the dead node yet
+                reply = (
+                    poll(
+                        lambda s=sub: (
+                            (r := svc.put(s + "?isDelta=false", body)).status == 200
+                            and r
+                        )
+                    )
+                    or reply
+                )
+            assert reply.status == 200, (reply, svc.log()[-2000:])
+            assert count_of(svc.get(sub)) == 2
+        down = svc.put(subs[0] + "?isDelta=false", {"favorites": []})
+        assert_prompt_503(down)
+    finally:
+        for server in cluster.servers:
+            server.signal(signal.SIGCONT)
+        cluster.cleanup()
 
 
 def stalled_replica_then_failover(cluster: LocalCluster, svc, prefix: str):
