@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from html.parser import HTMLParser
 from urllib.parse import unquote, urlsplit
 
@@ -16,6 +17,7 @@ import schemathesis
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 from schemathesis.engine import events, from_schema
+from schemathesis.generation import GenerationMode
 
 from stat_service import create_app, openapi
 from stat_service.openapi import IS_DELTA_PATTERN, NO_CONTROL_PATTERN, openapi_bp
@@ -451,7 +453,11 @@ def test_service_conforms_to_its_document_under_schemathesis(fake_app):
     token = make_token("schemathesis", admin=True, ttl=3600)
     schema.config.update(headers={"Authorization": f"Bearer {token}"}, workers=1)
     schema.config.seed = SEED
-    schema.config.generation.update(max_examples=EXAMPLES, database="none")
+    schema.config.generation.update(
+        max_examples=EXAMPLES,
+        database="none",
+        modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+    )
     schema.config.phases.update(phases=["examples", "coverage", "fuzzing"])
     schema.config.checks.update(included_check_names=CHECKS)
 
@@ -470,6 +476,7 @@ def test_service_conforms_to_its_document_under_schemathesis(fake_app):
 
     schemathesis.hook(before_call)
     cases, problems, successes = 0, [], set()
+    negatives: Counter = Counter()  # (operation, status class) of negative cases
     started = time.monotonic()
     try:
         for event in from_schema(schema).execute():
@@ -484,10 +491,15 @@ def test_service_conforms_to_its_document_under_schemathesis(fake_app):
                                 f"{failure.message}\n"
                                 f"{check.failure_info.code_sample}"
                             )
-                for interaction in event.recorder.interactions.values():
+                for case_id, interaction in event.recorder.interactions.items():
                     response = interaction.response
                     if response is not None and 200 <= response.status_code < 300:
                         successes.add(event.label)
+                    node = event.recorder.cases.get(case_id)
+                    meta = node and node.value._meta
+                    negative = meta and meta.generation.mode.is_negative
+                    if response is not None and negative:
+                        negatives[event.label, response.status_code // 100] += 1
             elif isinstance(event, (events.NonFatalError, events.FatalError)):
                 problems.append(f"schemathesis error: {event.info.format()}")
             elif isinstance(event, events.EngineFinished):
@@ -496,10 +508,15 @@ def test_service_conforms_to_its_document_under_schemathesis(fake_app):
         schemathesis.hooks.unregister(before_call)
     print(
         f"schemathesis: {cases} cases in {time.monotonic() - started:.1f} s "
-        f"({EXAMPLES} examples per operation, seed {SEED})"
+        f"({EXAMPLES} examples per operation, seed {SEED}); negative cases by "
+        f"(operation, status class): {dict(negatives)}"
     )
     unique = list(dict.fromkeys(problems))
     assert not unique, f"{len(unique)} problems:\n\n" + "\n\n".join(unique[:10])
     for method in ("PUT", "GET", "DELETE"):
         assert f"{method} {STAT}" in successes, f"no successful {method}"
     assert cases > 100
+    # Negative data was generated and refused (a 2xx there fails the
+    # negative_data_rejection check above).
+    for method in ("PUT", "GET"):
+        assert negatives[f"{method} {STAT}", 4] >= 20, negatives
