@@ -6,7 +6,7 @@ PORT ?= 8080
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast lint format token clean bench bench-import
+.PHONY: help venv run test test-fast test-long lint format token clean bench bench-import
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,11 @@ test: $(VENV)/.installed ## the whole suite: unit (fakeredis) and integration (r
 
 test-fast: $(VENV)/.installed ## unit tests on fakeredis only
 	$(PY) -m pytest -m "not real_redis" $(PYTEST_ARGS)
+
+test-long: $(VENV)/.installed ## the fuzz, model and failover tests run long (about 15 min)
+	STAT_MODEL_EXAMPLES=500 STAT_MODEL_STEPS=60 STAT_SCHEMATHESIS_EXAMPLES=5000 \
+	STAT_FAILOVER_SECONDS=30 $(PY) -m pytest -s $(PYTEST_ARGS) \
+	tests/test_model.py tests/test_openapi.py tests/test_cluster.py
 
 lint: $(VENV)/.installed ## ruff check and format check
 	$(VENV)/bin/ruff check .
