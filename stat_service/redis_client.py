@@ -42,34 +42,26 @@ def make_client(settings: Settings):
     return LazyClient(settings)
 
 
-def _retry(settings: Settings) -> Retry:
-    return Retry(ExponentialBackoff(cap=0.05, base=0.01), settings.REDIS_RETRIES)
+def _options(settings: Settings) -> dict:
+    """The client options both kinds of client share."""
+    return {
+        "socket_timeout": settings.REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": settings.REDIS_CONNECT_TIMEOUT,
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), settings.REDIS_RETRIES),
+        "health_check_interval": 30,
+        "max_connections": settings.REDIS_MAX_CONNECTIONS,
+        "client_name": "stat_service",
+    }
 
 
 def _standalone(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.REDIS_URL,
-        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
-        retry=_retry(settings),
-        health_check_interval=30,
-        max_connections=settings.REDIS_MAX_CONNECTIONS,
-        client_name="stat_service",
-    )
+    return redis.Redis.from_url(settings.REDIS_URL, **_options(settings))
 
 
 def _cluster(settings: Settings) -> RedisCluster:
     """redis-py's cluster client: follows MOVED/ASK, refreshes the topology."""
     try:
-        return RedisCluster.from_url(
-            settings.REDIS_URL,
-            socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-            socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
-            retry=_retry(settings),
-            health_check_interval=30,
-            max_connections=settings.REDIS_MAX_CONNECTIONS,
-            client_name="stat_service",
-        )
+        return RedisCluster.from_url(settings.REDIS_URL, **_options(settings))
     except RedisClusterException as exc:
         if isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
             raise redis.ConnectionError(str(exc)) from exc  # no node answers
