@@ -213,8 +213,14 @@ def view_key(prefix: str, sub: str) -> str:
     return f"{prefix}{hash_tag(sub)}:view"
 
 
+def settled(request, timeout: float = 10.0):
+    """The first reply of ``request()`` that is not a 503, or the last one."""
+    return poll(lambda: (r := request()).status != 503 and r, timeout) or request()
+
+
 def count_of(reply) -> int | None:
     """The play_count stored for asset "a", from a GET reply."""
+    assert reply.status == 200, reply
     records = reply.json()["view_data"]
     return records[0]["play_count"] if records else None
 
@@ -267,7 +273,7 @@ class WriteStream:
         """Subscribers whose stored count is below their last acknowledged one."""
         lost = []
         for sub, acked in self.acked.items():
-            stored = count_of(self.svc.get(sub))
+            stored = count_of(settled(lambda s=sub: self.svc.get(s)))
             assert stored is None or stored <= self.tried[sub]
             if stored is None or stored < acked:
                 lost.append(sub)
@@ -363,19 +369,12 @@ def test_a_dead_shard_leaves_the_others_writable_with_an_empty_script_cache(
                 r.script_flush()
         body = {"view_data": [{"asset_id": "a", "play_count": 2}]}
         for sub in elsewhere:
-            reply = svc.put(sub + "?isDelta=false", body)
-            if reply.status == 503:  # this worker has not dropped the dead node yet
-                reply = (
-                    poll(
-                        lambda s=sub: (
-                            (r := svc.put(s + "?isDelta=false", body)).status == 200
-                            and r
-                        )
-                    )
-                    or reply
-                )
+            # A worker may answer a 503 or two before it has dropped the
+            # dead node; the writes must then succeed, the dead shard aside.
+            reply = settled(lambda s=sub: svc.put(s + "?isDelta=false", body))
             assert reply.status == 200, (reply, svc.log()[-2000:])
-            assert count_of(svc.get(sub)) == 2
+            got = settled(lambda s=sub: svc.get(s))
+            assert got.status == 200 and count_of(got) == 2, got
         down = svc.put(subs[0] + "?isDelta=false", {"favorites": []})
         assert_prompt_503(down)
     finally:
