@@ -33,6 +33,7 @@ class Settings:
 
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     REDIS_CLUSTER: bool | None = None
+    REDIS_CLUSTER_NODES: tuple[str, ...] = ()
     REDIS_SOCKET_TIMEOUT: float = 0.5
     REDIS_CONNECT_TIMEOUT: float = 0.25
     REDIS_RETRIES: int = 1
@@ -64,6 +65,7 @@ class Settings:
 
 _CONVERTERS = {
     "REDIS_CLUSTER": _bool,
+    "REDIS_CLUSTER_NODES": _list,
     "REDIS_SOCKET_TIMEOUT": float,
     "REDIS_CONNECT_TIMEOUT": float,
     "REDIS_RETRIES": int,
@@ -101,6 +103,8 @@ def load_settings(overrides: dict | None = None, environ=None) -> Settings:
         # Keys that are not settings (TESTING, ...) are Flask's business.
         if key in Settings.__dataclass_fields__:
             values[key] = value
+    if values.get("REDIS_CLUSTER_NODES") and values.get("REDIS_CLUSTER") is None:
+        values["REDIS_CLUSTER"] = True  # seed nodes are a cluster's
     settings = Settings(**values)
     _check(settings)
     return settings
@@ -122,6 +126,12 @@ def _check(s: Settings) -> None:
             "REDIS_SOCKET_TIMEOUT and REDIS_CONNECT_TIMEOUT must be positive "
             "and REDIS_RETRIES >= 0"
         )
+    if s.REDIS_CLUSTER_NODES and s.REDIS_CLUSTER is False:
+        raise ConfigError("REDIS_CLUSTER_NODES needs REDIS_CLUSTER=true (or unset)")
+    for node in s.REDIS_CLUSTER_NODES:
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"REDIS_CLUSTER_NODES: {node!r} is not host:port")
     if s.REDIS_MIN_REPLICAS_ACK < 0:
         raise ConfigError("REDIS_MIN_REPLICAS_ACK must be 0 (off) or more")
     if s.REDIS_MIN_REPLICAS_ACK and not (

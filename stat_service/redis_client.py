@@ -16,7 +16,7 @@ import threading
 
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
 from redis.connection import Encoder
 from redis.exceptions import AskError, NoScriptError, RedisClusterException
@@ -61,7 +61,16 @@ def _standalone(settings: Settings) -> redis.Redis:
 def _cluster(settings: Settings) -> RedisCluster:
     """redis-py's cluster client: follows MOVED/ASK, refreshes the topology."""
     try:
-        return RedisCluster.from_url(settings.REDIS_URL, **_options(settings))
+        return RedisCluster.from_url(
+            settings.REDIS_URL,
+            startup_nodes=[
+                ClusterNode(host, int(port))
+                for host, _, port in (
+                    n.rpartition(":") for n in settings.REDIS_CLUSTER_NODES
+                )
+            ],
+            **_options(settings),
+        )
     except RedisClusterException as exc:
         if isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
             raise redis.ConnectionError(str(exc)) from exc  # no node answers
@@ -219,8 +228,8 @@ def detect_at_start(log, environ=None) -> None:
         cluster = is_cluster_server(settings)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         log.warning(
-            "Redis at %s does not answer (%s); cluster mode will be detected "
-            "on the first request",
+            "Redis at %s does not answer (%s); each worker connects (and, with "
+            "REDIS_CLUSTER unset, detects cluster mode) on its first request",
             where,
             exc,
         )

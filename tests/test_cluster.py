@@ -28,13 +28,13 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from stat_service import bulk, create_app
-from stat_service.config import load_settings
+from stat_service.config import ConfigError, load_settings
 from stat_service.redis_client import LazyClient, real_client
 from stat_service.store import StatStore, hash_tag
 from tests.cluster import LocalCluster
 from tests.conftest import PATH, SECRET, bearer
 from tests.harness import PROMPT, assert_prompt_503, poll
-from tests.support import delete_prefix
+from tests.support import delete_prefix, free_port
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.cluster]
 
@@ -95,6 +95,41 @@ def test_cluster_mode_is_detected_from_any_node(redis_cluster, real_redis_url):
         {"REDIS_URL": redis_cluster.url, "REDIS_CLUSTER": False, "JWT_SECRET": SECRET}
     )
     assert type(forced.extensions["stat_store"].client) is redis.Redis
+
+
+def test_extra_seed_nodes_find_the_cluster_when_the_url_node_is_down(
+    redis_cluster, key_prefix
+):
+    """REDIS_CLUSTER_NODES: a worker starting while REDIS_URL's node is
+    down still finds the cluster through the other seeds."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    seeds = ",".join(f"127.0.0.1:{s.port}" for s in redis_cluster.servers[1:3])
+    app = create_app(
+        {
+            "REDIS_URL": dead,
+            "REDIS_CLUSTER_NODES": tuple(seeds.split(",")),
+            "JWT_SECRET": SECRET,
+            "KEY_PREFIX": key_prefix,
+            "TESTING": True,
+        }
+    )
+    client = app.test_client()
+    try:
+        assert client.get("/readyz").status_code == 200
+        body = {"favorites": ["f"]}
+        assert put(client, "seeded", body, delta=False).status_code == 200
+        assert isinstance(
+            real_client(app.extensions["stat_store"].client), RedisCluster
+        )
+    finally:
+        delete_prefix(real_client(app.extensions["stat_store"].client), key_prefix)
+        app.extensions["stat_store"].client.close()
+    assert load_settings(environ={"REDIS_CLUSTER_NODES": seeds}).REDIS_CLUSTER is True
+    for bad in ({"REDIS_CLUSTER_NODES": "h"}, {"REDIS_CLUSTER_NODES": "h:x"}):
+        with pytest.raises(ConfigError):
+            load_settings(environ=bad)
+    with pytest.raises(ConfigError):
+        load_settings(environ={"REDIS_CLUSTER_NODES": seeds, "REDIS_CLUSTER": "false"})
 
 
 def test_subscribers_spread_over_all_three_primaries(cluster_app, key_prefix):
