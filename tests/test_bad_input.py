@@ -18,25 +18,13 @@ import redis
 from stat_service.store import hash_tag
 from tests.conftest import PATH, SECRET, SUB, bearer
 from tests.harness import PROMPT, Reply, Service, _chunked, _head, _read_reply
-from tests.support import dump
+from tests.support import MESSAGES, dump
 
 MAX_ITEMS = 10
 MAX_BODY_BYTES = 16384  # room for the 5000-digit and 1000-deep bodies below
 MAX_SAFE = 2**53 - 1
 INT_FIELDS = ("play_count", "view_time", "pause_time", "last_played_on")
 
-# Section 5 of API.md.
-MESSAGES = {
-    400: "BAD_REQUEST",
-    401: "UNAUTHORIZED",
-    403: "FORBIDDEN",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    413: "PAYLOAD_TOO_LARGE",
-    415: "UNSUPPORTED_MEDIA_TYPE",
-    500: "INTERNAL_ERROR",
-    503: "SERVICE_UNAVAILABLE",
-}
 
 SEED = {
     "favorites": ["f1", "f2"],

@@ -64,6 +64,7 @@ from hypothesis.stateful import (
 )
 
 from tests.conftest import PATH, SECRET, bearer, make_token
+from tests.support import MESSAGES
 
 # conftest: the redis_client fixture also runs on a real 6-node Redis Cluster.
 ALSO_ON_CLUSTER = True
@@ -100,18 +101,6 @@ COUNT_FIELDS = (*INT_FIELDS, "last_played_on")
 RECORD_FIELDS = ("asset_id", *COUNT_FIELDS, "user_rating")
 TOP_FIELDS = ("user_id", "favorites", "view_data")
 
-# Section 5 of API.md.
-MESSAGES = {
-    400: "BAD_REQUEST",
-    401: "UNAUTHORIZED",
-    403: "FORBIDDEN",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    413: "PAYLOAD_TOO_LARGE",
-    415: "UNSUPPORTED_MEDIA_TYPE",
-    500: "INTERNAL_ERROR",
-    503: "SERVICE_UNAVAILABLE",
-}
 NO_TOKEN_BODY = {
     "result": "error",
     "message": "UNAUTHORIZED",
@@ -169,6 +158,17 @@ framings = st.sampled_from(["plain", "padded", "chunked", "chunked-padded"])
 # for lower-case percent escapes.
 spellings = st.sampled_from(["@", "", "@/{}:", "lower"])
 token_kinds = st.sampled_from(["own", *ADMIN_TOKENS])
+# What a valid PUT draws besides its isDelta value.
+put_strategies = {
+    "name": st.sampled_from(SUBSCRIBERS),
+    "body": bodies,
+    "with_user_id": st.booleans(),
+    "ascii_only": st.booleans(),
+    "token": token_kinds,
+    "spelling": spellings,
+    "content_type": json_types,
+    "framing": framings,
+}
 
 
 class ReferenceModel:
@@ -820,31 +820,11 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
 
         # --- valid requests ---------------------------------------------------
 
-        @rule(
-            name=st.sampled_from(SUBSCRIBERS),
-            body=bodies,
-            is_delta=delta_params,
-            with_user_id=st.booleans(),
-            ascii_only=st.booleans(),
-            token=token_kinds,
-            spelling=spellings,
-            content_type=json_types,
-            framing=framings,
-        )
+        @rule(is_delta=delta_params, **put_strategies)
         def put_delta(self, name, body, is_delta, **how):
             self._put(name, body, is_delta, **how)
 
-        @rule(
-            name=st.sampled_from(SUBSCRIBERS),
-            body=bodies,
-            is_delta=overwrite_params,
-            with_user_id=st.booleans(),
-            ascii_only=st.booleans(),
-            token=token_kinds,
-            spelling=spellings,
-            content_type=json_types,
-            framing=framings,
-        )
+        @rule(is_delta=overwrite_params, **put_strategies)
         def put_overwrite(self, name, body, is_delta, **how):
             self._put(name, body, is_delta, **how)
 

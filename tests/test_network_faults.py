@@ -155,6 +155,18 @@ def seeded(svc) -> str:
     return sub
 
 
+def assert_outage(svc, sub: str) -> list:
+    """A PUT, a GET and /readyz each answer a prompt 503 with Retry-After."""
+    replies = [
+        svc.put(sub, {"favorites": ["lost"]}),
+        svc.get(sub),
+        svc.request("GET", "/readyz"),
+    ]
+    for reply in replies:
+        assert_prompt_503(reply)
+    return replies
+
+
 def written_once(svc, direct, write) -> tuple[dict, dict]:
     """(GET, dump) of a BASE subscriber after ``write`` ran once, no fault."""
     query, body = write
@@ -207,13 +219,7 @@ def test_blackhole_is_prompt_503_healthz_200_and_recovers_without_restart(
     sub = seeded(svc)
     before = snapshot(direct, sub)
     proxy.mode = "blackhole"
-    replies = [
-        svc.put(sub, {"favorites": ["lost"]}),
-        svc.get(sub),
-        svc.request("GET", "/readyz"),
-    ]
-    for reply in replies:
-        assert_prompt_503(reply)
+    replies = assert_outage(svc, sub)
     health = svc.request("GET", "/healthz")
     assert health.status == 200 and health.elapsed < PROMPT, health
     report("blackhole", replies)
@@ -356,13 +362,7 @@ def test_refused_connections_are_prompt_503_and_recover(svc, proxy, direct):
     sub = seeded(svc)
     before = snapshot(direct, sub)
     proxy.mode = "refuse"
-    replies = [
-        svc.put(sub, {"favorites": ["lost"]}),
-        svc.get(sub),
-        svc.request("GET", "/readyz"),
-    ]
-    for reply in replies:
-        assert_prompt_503(reply)
+    replies = assert_outage(svc, sub)
     assert svc.request("GET", "/healthz").status == 200
     assert snapshot(direct, sub) == before
     report("refuse", replies)
