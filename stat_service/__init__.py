@@ -8,13 +8,15 @@ import logging
 from flask import Flask
 
 from . import errors, logs, observability
+from .activity import activity_bp
 from .api import RestOfPath, probes_bp, stat_bp
 from .auth import TokenVerifier
 from .config import DEV_JWT_SECRET, ConfigError, Settings, load_settings
+from .cursors import Cursors, cursor_key
 from .jsonprovider import OrjsonProvider
 from .observability import metrics_bp
 from .openapi import openapi_bp
-from .store import StatStore
+from .store import Bounds, StatStore
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +73,17 @@ def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
         prefix=settings.KEY_PREFIX,
         min_replicas=settings.REDIS_MIN_REPLICAS_ACK,
         wait_timeout_ms=settings.REDIS_WAIT_TIMEOUT_MS,
+        bounds=Bounds.from_settings(settings),
     )
     app.extensions["stat_auth"] = TokenVerifier(settings)
+    app.extensions["stat_cursors"] = Cursors(
+        cursor_key(settings), settings.CURSOR_MAX_AGE
+    )
 
     errors.register(app)
     observability.install(app)
     app.register_blueprint(stat_bp)
+    app.register_blueprint(activity_bp)
     app.register_blueprint(probes_bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(openapi_bp)

@@ -116,7 +116,7 @@ def _store(args):
     from . import bulk
     from .config import load_settings
     from .redis_client import make_client
-    from .store import StatStore
+    from .store import Bounds, StatStore
 
     overrides = {"REDIS_URL": args.redis_url} if args.redis_url else {}
     settings = load_settings(overrides)
@@ -131,7 +131,8 @@ def _store(args):
         raise bulk.UnusableInput(
             f"cannot reach Redis at {settings.REDIS_URL}: {exc}"
         ) from None
-    return settings, StatStore(client, prefix=settings.KEY_PREFIX)
+    bounds = Bounds.from_settings(settings)
+    return settings, StatStore(client, prefix=settings.KEY_PREFIX, bounds=bounds)
 
 
 def _import(args) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -11,7 +11,7 @@ from werkzeug.routing import BaseConverter
 from . import strictjson
 from .auth import authorize, require_token
 from .errors import ApiError, error_response
-from .schemas import load_body, subscriber_id_problem, too_many_items
+from .schemas import id_problem, load_body, too_many_items
 from .store import StatStore
 
 PREFIX = "/metax/3.0/ui/user/stat"
@@ -29,45 +29,58 @@ class RestOfPath(BaseConverter):
     part_isolating = False  # the id may contain "/" (API.md section 6)
 
 
-def _store() -> StatStore:
+def store() -> StatStore:
     return current_app.extensions["stat_store"]
 
 
-def _settings():
+def settings():
     return current_app.config["STAT"]
 
 
-def _raw_path() -> bytes:
-    """The request path as percent-decoded bytes, before any text decoding."""
+def request_target() -> bytes:
+    """The request path as received, still percent-encoded, as bytes.
+
+    PEP 3333 gives PATH_INFO as latin-1 text of the decoded bytes, but some
+    servers (Werkzeug's) have already replaced invalid UTF-8 there, and a
+    decoded path can no longer tell "/" from "%2F"; so the URI as received is
+    preferred when the server passes it on (gunicorn and Werkzeug do).
+    """
     environ = request.environ
-    # PEP 3333 gives PATH_INFO as latin-1 text of the decoded bytes, but some
-    # servers (Werkzeug's) have already replaced invalid UTF-8 there, so the
-    # URI as received is preferred when the server passes it on.
     uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if not uri:
-        return environ.get("PATH_INFO", "").encode("latin-1")
+        return quote_from_bytes(
+            environ.get("PATH_INFO", "").encode("latin-1"), safe="/"
+        ).encode()
     path = uri.split("?", 1)[0]
     if not path.startswith("/") and "://" in path:  # absolute-form target
         path = "/" + path.split("://", 1)[1].partition("/")[2]
-    # WSGI text holds one byte per character: back to bytes before decoding.
-    raw = unquote_to_bytes(path.encode("latin-1"))
-    script = environ.get("SCRIPT_NAME", "").encode("latin-1")
+    # WSGI text holds one byte per character.
+    raw = path.encode("latin-1")
+    script = quote_from_bytes(
+        environ.get("SCRIPT_NAME", "").encode("latin-1"), safe="/"
+    ).encode()
     return raw[len(script) :] if script and raw.startswith(script) else raw
 
 
-def subscriber_id_from_path() -> str:
-    """The id as sent: percent-decoded, strictly UTF-8, never U+FFFD."""
-    raw = _raw_path()
-    if not raw.startswith(_PREFIX_BYTES):
-        raise ApiError(404, "not found")
+def decode_id(raw: bytes, what: str) -> str:
+    """An id from its percent-decoded bytes: strictly UTF-8, never U+FFFD, and
+    usable (API.md section 6); else a 400 naming ``what``."""
     try:
-        subscriber_id = raw[len(_PREFIX_BYTES) :].decode("utf-8")
+        value = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ApiError(400, "subscriber id is not valid UTF-8") from None
-    problem = subscriber_id_problem(subscriber_id)
+        raise ApiError(400, f"{what} is not valid UTF-8") from None
+    problem = id_problem(value, what)
     if problem:
         raise ApiError(400, problem)
-    return subscriber_id
+    return value
+
+
+def subscriber_id_from_path() -> str:
+    """The id as sent: the rest of the path, percent-decoded (section 6)."""
+    raw = unquote_to_bytes(request_target())
+    if not raw.startswith(_PREFIX_BYTES):
+        raise ApiError(404, "not found")
+    return decode_id(raw[len(_PREFIX_BYTES) :], "subscriber id")
 
 
 def _check_query(allowed: frozenset = frozenset()) -> None:
@@ -89,9 +102,10 @@ def _is_delta() -> bool:
     return value == "true"
 
 
-def _check_content_type() -> None:
-    if request.mimetype != "application/json":
-        raise ApiError(415, "Content-Type must be application/json")
+def check_content_type(mimetype: str = "application/json") -> None:
+    """The body's media type is ``mimetype``, with at most charset=utf-8."""
+    if request.mimetype != mimetype:
+        raise ApiError(415, f"Content-Type must be {mimetype}")
     params = request.mimetype_params
     if set(params) - {"charset"} or params.get("charset", "utf-8").lower() not in (
         "utf-8",
@@ -100,10 +114,11 @@ def _check_content_type() -> None:
         raise ApiError(415, "Content-Type may only carry charset=utf-8")
 
 
-def _body() -> dict:
+def read_body() -> bytes:
+    """The whole request body (maybe empty), at most MAX_BODY_BYTES (else 413)."""
     # Werkzeug answers 413 when Content-Length is over MAX_CONTENT_LENGTH,
     # but silently stops a chunked body at the limit: look one byte further.
-    limit = _settings().MAX_BODY_BYTES
+    limit = settings().MAX_BODY_BYTES
     try:
         raw = request.get_data(cache=False)
         over = (
@@ -119,23 +134,32 @@ def _body() -> dict:
         raise ApiError(413, f"body larger than {limit} bytes")
     if request.content_length is not None and len(raw) < request.content_length:
         raise ApiError(400, "body shorter than its Content-Length")
+    return raw
+
+
+def _body() -> dict:
+    raw = read_body()
     if not raw:
         raise ApiError(400, "body is empty: send a JSON object")
     try:
         data = strictjson.loads(raw)
     except strictjson.JSONBodyError as exc:
         raise ApiError(400, str(exc)) from None
-    problem = too_many_items(data, _settings().MAX_ITEMS)
+    problem = too_many_items(data, settings().MAX_ITEMS)
     if problem:
         raise ApiError(413, problem)
     return data
 
 
-def _subscriber() -> str:
-    subscriber_id = subscriber_id_from_path()
+def subscriber(subscriber_id: str) -> str:
+    """Note the subscriber for the request log, then check the token's grant."""
     g.subscriber_id = subscriber_id  # for the request log (hashed there)
     authorize(subscriber_id)
     return subscriber_id
+
+
+def _subscriber() -> str:
+    return subscriber(subscriber_id_from_path())
 
 
 @stat_bp.put(f"{PREFIX}/<rest:_path>", provide_automatic_options=False)
@@ -143,15 +167,16 @@ def _subscriber() -> str:
 def put_stat(_path):
     subscriber_id = _subscriber()
     delta = _is_delta()
-    _check_content_type()
+    check_content_type()
     body = load_body(_body(), subscriber_id)
-    result = _store().put(subscriber_id, body, delta=delta)
+    result = store().put(subscriber_id, body, delta=delta)
     return jsonify(
         result="success",
         subscriber_id=subscriber_id,
         is_delta=delta,
         favorites=result.favorites,
         view_data=result.view_data,
+        evicted=result.evicted,
     )
 
 
@@ -160,7 +185,7 @@ def put_stat(_path):
 def get_stat(_path):
     subscriber_id = _subscriber()
     _check_query()
-    history = _store().get(subscriber_id)
+    history = store().get(subscriber_id)
     return jsonify(result="success", subscriber_id=subscriber_id, **history)
 
 
@@ -169,7 +194,7 @@ def get_stat(_path):
 def delete_stat(_path):
     subscriber_id = _subscriber()
     _check_query()
-    _store().delete(subscriber_id)
+    store().delete(subscriber_id)
     response = current_app.response_class(status=204)
     del response.headers["Content-Type"]  # no body, so no media type either
     return response
@@ -185,12 +210,12 @@ def healthz():
 def readyz():
     """Readiness: Redis answers PING within the client's timeouts."""
     try:
-        _store().ping()
+        store().ping()
     except Exception as exc:  # any failure means "do not route traffic here"
         current_app.logger.warning("readyz: redis not ready: %s", exc)
         return error_response(
             503,
             "storage not reachable",
-            headers={"Retry-After": str(_settings().RETRY_AFTER_SECONDS)},
+            headers={"Retry-After": str(settings().RETRY_AFTER_SECONDS)},
         )
     return jsonify(status="ready")

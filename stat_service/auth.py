@@ -260,14 +260,19 @@ def _bearer_token() -> str:
     return token
 
 
+def authenticate() -> None:
+    """Verify the bearer token (401 otherwise); its claims go on ``g``."""
+    verifier: TokenVerifier = current_app.extensions["stat_auth"]
+    g.claims = verifier.decode(_bearer_token())
+    g.is_admin = verifier.is_admin(g.claims)
+
+
 def require_token(view):
-    """Authenticate the request before anything else; claims go on ``g``."""
+    """Authenticate the request before anything else."""
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        verifier: TokenVerifier = current_app.extensions["stat_auth"]
-        g.claims = verifier.decode(_bearer_token())
-        g.is_admin = verifier.is_admin(g.claims)
+        authenticate()
         return view(*args, **kwargs)
 
     return wrapper

@@ -115,7 +115,14 @@ from . import strictjson
 from .errors import MESSAGES, json_keys, validation_reason
 from .redis_client import real_client, refresh_topology
 from .schemas import load_body, subscriber_id_problem, too_many_items
-from .store import RECORD_FIELDS, StatStore, decode_history, hash_tag
+from .store import (
+    RECORD_FIELDS,
+    Bounds,
+    HistoryFull,
+    StatStore,
+    decode_history,
+    hash_tag,
+)
 
 EXIT_OK = 0
 EXIT_REJECTS = 1
@@ -584,27 +591,52 @@ def process_block(
     """Validate entries and write the valid ones in one pipelined round trip.
 
     With ``budget``, stops after the reject that exceeds it; everything
-    validated before is still written.
+    validated before is still written. A subscriber whose write the bounds
+    refuse (MAX_RECORDS, MAX_FAVORITES) is a reject with the API's 409
+    reason, and nothing of it is written.
     """
     calls = []
+    sent = []  # (line, subscriber id, assets written) of each call
     script_call = store.script_call
-    applied = read = 0
+    read = 0
     rejects: list = []
     stopped_at = None
+
+    def refuse(detail) -> bool:
+        rejects.append(detail)
+        return budget is not None and len(rejects) > budget
+
     for entry in entries:
         outcome = validate(entry)
         read += entry[2]
         if outcome.__class__ is dict:
-            rejects.append(outcome)
-            if budget is not None and len(rejects) > budget:
+            if refuse(outcome):
                 stopped_at = entry[1]
                 break
             continue
-        script, keys, args, _ = script_call(outcome[0], outcome[1], delta=delta)
+        subscriber_id = outcome[0]
+        try:
+            script, keys, args, written = script_call(
+                subscriber_id, outcome[1], delta=delta
+            )
+        except HistoryFull as exc:
+            if refuse(reject(entry[0], subscriber_id, 409, exc.reason)):
+                stopped_at = entry[1]
+                break
+            continue
         calls.append((script, keys, args))
-        applied += 1
+        sent.append((entry[0], subscriber_id, written))
+    applied = len(calls)
     if calls:
-        send(store, calls)
+        for (line, subscriber_id, written), reply in zip(
+            sent, send(store, calls), strict=True
+        ):
+            try:
+                store.put_result(reply, written)
+            except HistoryFull as exc:
+                rejects.append(reject(line, subscriber_id, 409, exc.reason))
+                applied -= 1
+    rejects.sort(key=lambda detail: detail["line"])
     return BlockResult(read, applied, rejects, stopped_at)
 
 
@@ -686,7 +718,9 @@ def _worker_main(settings, prefix, validate, delta, tasks, results) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
     from .redis_client import make_client
 
-    store = StatStore(make_client(settings), prefix=prefix)
+    store = StatStore(
+        make_client(settings), prefix=prefix, bounds=Bounds.from_settings(settings)
+    )
     store.load_scripts()
     while True:
         task = tasks.get()
@@ -977,7 +1011,9 @@ def run_import(
         from .redis_client import make_client
 
         client = make_client(settings)
-    store = StatStore(client, prefix=settings.KEY_PREFIX)
+    store = StatStore(
+        client, prefix=settings.KEY_PREFIX, bounds=Bounds.from_settings(settings)
+    )
     source = Source(options.path)
     try:
         return _Import(options, settings, store, source, handle_signals).run()

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, fields
 
 DEV_JWT_SECRET = "stat-service-development-secret-do-not-use-in-production"
+# MAX_RECORDS and MAX_FAVORITES when unset (or MAX_ITEMS, when that is lower).
+DEFAULT_BOUND = 5000
 
 
 class ConfigError(RuntimeError):
@@ -43,6 +45,12 @@ class Settings:
     KEY_PREFIX: str = "stat:"
     MAX_BODY_BYTES: int = 1024 * 1024
     MAX_ITEMS: int = 5000
+    # None: 5000, or MAX_ITEMS when that is lower (set in load_settings)
+    MAX_RECORDS: int | None = None
+    MAX_FAVORITES: int | None = None
+    HISTORY_FULL: str = "reject"
+    CURSOR_SECRET: str | None = None
+    CURSOR_MAX_AGE: int = 86400
     JWT_SECRET: str | None = None
     JWT_PUBLIC_KEY: str | None = None
     JWT_JWKS_URL: str | None = None
@@ -74,6 +82,10 @@ _CONVERTERS = {
     "REDIS_WAIT_TIMEOUT_MS": int,
     "MAX_BODY_BYTES": int,
     "MAX_ITEMS": int,
+    "MAX_RECORDS": int,
+    "MAX_FAVORITES": int,
+    "CURSOR_MAX_AGE": int,
+    "HISTORY_FULL": lambda value: value.strip().lower(),
     "JWT_JWKS_TIMEOUT": float,
     "JWT_JWKS_CACHE_SECONDS": int,
     "JWT_JWKS_REFRESH_COOLDOWN": float,
@@ -103,6 +115,10 @@ def load_settings(overrides: dict | None = None, environ=None) -> Settings:
         # Keys that are not settings (TESTING, ...) are Flask's business.
         if key in Settings.__dataclass_fields__:
             values[key] = value
+    max_items = values.get("MAX_ITEMS", Settings.MAX_ITEMS)
+    for name in ("MAX_RECORDS", "MAX_FAVORITES"):
+        if values.get(name) is None:
+            values[name] = min(DEFAULT_BOUND, max_items)
     if values.get("REDIS_CLUSTER_NODES") and values.get("REDIS_CLUSTER") is None:
         values["REDIS_CLUSTER"] = True  # seed nodes are a cluster's
     settings = Settings(**values)
@@ -117,6 +133,18 @@ def _check(s: Settings) -> None:
         )
     if s.MAX_BODY_BYTES < 1 or s.MAX_ITEMS < 1:
         raise ConfigError("MAX_BODY_BYTES and MAX_ITEMS must be positive")
+    for name in ("MAX_RECORDS", "MAX_FAVORITES"):
+        value = getattr(s, name)
+        if not 1 <= value <= s.MAX_ITEMS:
+            # Above MAX_ITEMS a stored history could no longer be written
+            # back whole in one request (API.md section 8).
+            raise ConfigError(
+                f"{name}={value} must be from 1 to MAX_ITEMS ({s.MAX_ITEMS})"
+            )
+    if s.HISTORY_FULL not in ("reject", "evict"):
+        raise ConfigError("HISTORY_FULL must be reject or evict")
+    if s.CURSOR_MAX_AGE < 1:
+        raise ConfigError("CURSOR_MAX_AGE must be at least 1 second")
     if (
         s.REDIS_RETRIES < 0
         or s.REDIS_SOCKET_TIMEOUT <= 0

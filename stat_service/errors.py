@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from .metrics import REDIS_ERRORS
 from .redis_client import NotReplicated
+from .store import HistoryFull
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ MESSAGES = {
     403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
+    409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
     500: "INTERNAL_ERROR",
@@ -131,6 +134,10 @@ def register(app: Flask) -> None:
         return error_response(
             exc.status, exc.reason, errors=exc.errors, headers=exc.headers
         )
+
+    @app.errorhandler(HistoryFull)
+    def _full(exc: HistoryFull):
+        return error_response(409, exc.reason)
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError):

@@ -73,8 +73,11 @@ def install(app: Flask) -> None:
         sent = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
         response.headers["X-Request-ID"] = request_id
-        rule = request.url_rule
-        route = rule.rule if rule is not None else UNMATCHED
+        # A view that routes further (the activity family) names the template.
+        route = environ.get("stat.route")
+        if route is None:
+            rule = request.url_rule
+            route = rule.rule if rule is not None else UNMATCHED
         method = environ["REQUEST_METHOD"]
         if method not in _METHODS:
             method = "OTHER"  # any token is a method: keep label values bounded

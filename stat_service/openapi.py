@@ -54,6 +54,12 @@ class SubscriberId(fields.String):
     """The subscriber id of the path (API.md section 6); documentation only."""
 
 
+_EVICTED = (
+    "Records removed in the same atomic step to make room under MAX_RECORDS "
+    "(HISTORY_FULL=evict; always 0 with reject)."
+)
+
+
 # Response bodies: declared for the document, never used to validate.
 
 
@@ -74,6 +80,7 @@ class PutResultSchema(_Response):
         required=True,
         metadata={"description": "Number of distinct assets the request wrote."},
     )
+    evicted = Count(required=True, metadata={"description": _EVICTED})
 
 
 class ViewRecordSchema(_Response):
@@ -267,6 +274,14 @@ def _error_responses(settings) -> dict:
                 }
             },
         ),
+        "Conflict": _error(
+            409,
+            f"The history is full: the write would add records past MAX_RECORDS "
+            f"({settings.MAX_RECORDS}) with HISTORY_FULL=reject, or favorites past "
+            f"MAX_FAVORITES ({settings.MAX_FAVORITES}), or the request alone "
+            "writes more than either. Nothing is written; the reason says how "
+            "to make room.",
+        ),
         "PayloadTooLarge": _error(
             413,
             f"Body over {settings.MAX_BODY_BYTES} bytes (with or without a "
@@ -358,10 +373,12 @@ def _stat_operations(settings, id_schema: dict) -> dict:
                             "is_delta": True,
                             "favorites": 2,
                             "view_data": 1,
+                            "evicted": 0,
                         },
                     ),
                 },
                 **common,
+                "409": _ref("Conflict"),
                 "413": _ref("PayloadTooLarge"),
                 "415": _ref("UnsupportedMediaType"),
             },
@@ -550,6 +567,10 @@ def build_spec(app: Flask) -> dict:
         ("Ready", ReadySchema),
     ):
         spec.components.schema(name, _SCHEMA_NOTES.get(name), schema=schema)
+    from . import openapi_activity  # it builds on this module's pieces
+
+    for name, schema in openapi_activity.SCHEMAS:
+        spec.components.schema(name, schema=schema)
     for name, response in _error_responses(settings).items():
         spec.components.response(name, response)
 
@@ -569,6 +590,10 @@ def build_spec(app: Flask) -> dict:
             operations={key: op for key, op in item.items() if key in methods},
             parameters=item.get("parameters"),
         )
+    if any(rule.endpoint == "activity.dispatch" for rule in app.url_map.iter_rules()):
+        for path, item in openapi_activity.paths().items():
+            operations = {key: op for key, op in item.items() if key != "parameters"}
+            spec.path(path=path, operations=operations, parameters=item["parameters"])
     return spec.to_dict()
 
 

@@ -17,15 +17,20 @@ def has_control_characters(value: str) -> bool:
     return _CONTROL.search(value) is not None
 
 
+def id_problem(value, what: str = "subscriber id") -> str | None:
+    """Why ``value`` is not a usable id, or None (API.md section 6)."""
+    if not isinstance(value, str):
+        return f"{what.replace(' ', '_')} must be a string"
+    if not 1 <= len(value) <= MAX_ID_LENGTH:
+        return f"{what} must be 1 to {MAX_ID_LENGTH} characters"
+    if has_control_characters(value):
+        return f"{what} must not contain control characters"
+    return None
+
+
 def subscriber_id_problem(value) -> str | None:
     """Why ``value`` is not a usable subscriber id, or None (API.md section 6)."""
-    if not isinstance(value, str):
-        return "subscriber_id must be a string"
-    if not 1 <= len(value) <= MAX_ID_LENGTH:
-        return f"subscriber id must be 1 to {MAX_ID_LENGTH} characters"
-    if has_control_characters(value):
-        return "subscriber id must not contain control characters"
-    return None
+    return id_problem(value, "subscriber id")
 
 
 def too_many_items(data, max_items: int) -> str | None:

@@ -78,6 +78,7 @@ def test_delta_response_counts_stored_favorites_and_distinct_assets(client):
         "is_delta": True,
         "favorites": 3,  # stored after the request, though none were sent
         "view_data": 2,  # distinct assets written, not objects sent
+        "evicted": 0,  # every write's 200 says how many records made room
     }
     assert response.mimetype == "application/json"
 
@@ -91,6 +92,7 @@ def test_delta_response_counts_replaced_favorites(client):
         "is_delta": True,
         "favorites": 2,
         "view_data": 0,
+        "evicted": 0,
     }
     assert get(client)["favorites"] == ["x", "y"]
 
@@ -111,6 +113,7 @@ def test_overwrite_response_counts_stored_favorites_and_distinct_assets(client):
         "is_delta": False,
         "favorites": 3,
         "view_data": 2,
+        "evicted": 0,
     }
     assert response.mimetype == "application/json"
 
@@ -369,6 +372,7 @@ def test_overwrite_with_empty_object_erases_everything(client, snapshot):
         "is_delta": False,
         "favorites": 0,
         "view_data": 0,
+        "evicted": 0,
     }
     got = get(client)
     assert got["favorites"] == [] and got["view_data"] == []
@@ -644,6 +648,7 @@ def test_get_output_sent_back_as_overwrite_reproduces_the_same_state(client, sna
         "is_delta": False,
         "favorites": 3,
         "view_data": 7,
+        "evicted": 0,
     }
     assert get(client) == first
     assert snapshot() == stored

@@ -867,6 +867,7 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
                 "is_delta": delta,
                 "favorites": len(model.favorites),
                 "view_data": len({o["asset_id"] for o in body.get("view_data", [])}),
+                "evicted": 0,  # the model's histories stay far below the bounds
             }
             self.check(name)
             self.check(TWIN[name])

@@ -12,8 +12,11 @@
 --
 -- Both keys are deleted first, so afterwards the history is exactly the
 -- request. Only the two declared keys are touched. Values are copied as
--- strings, never turned into Lua numbers.
--- Returns the number of favorites stored afterwards.
+-- strings, never turned into Lua numbers. The bounds (API.md section 8)
+-- need no look at the stored history here: the caller refuses a request
+-- with more than MAX_RECORDS records or MAX_FAVORITES favorites.
+-- Returns {0, favorites stored afterwards, 0 records evicted}, the reply
+-- shape of put_delta.lua.
 
 local CHUNK = 1000 -- keeps unpack() far below Lua's C stack limit
 
@@ -36,4 +39,4 @@ for start = 2 + nfav, #ARGV, 2 * CHUNK do
   redis.call("HSET", views, unpack(ARGV, start, stop))
 end
 
-return nfav
+return { 0, nfav, 0 }
