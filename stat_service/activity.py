@@ -213,28 +213,21 @@ def _put_field(subscriber_id: str, asset_id: str, name: str, value):
     return store().put(subscriber_id, body, delta=True)
 
 
+def _item(subscriber_id: str, asset_id: str, **fields):
+    """The 200 of a one-item request: who and which, then ``fields``."""
+    return jsonify(
+        result="success", subscriber_id=subscriber_id, asset_id=asset_id, **fields
+    )
+
+
 def add_favorite(subscriber_id: str, asset_id: str, _params):
     added, count = store().add_favorite(subscriber_id, asset_id)
-    return jsonify(
-        result="success",
-        subscriber_id=subscriber_id,
-        asset_id=asset_id,
-        added=added,
-        favorites=count,
-        evicted=0,
-    )
+    return _item(subscriber_id, asset_id, added=added, favorites=count, evicted=0)
 
 
 def remove_favorite(subscriber_id: str, asset_id: str, _params):
     removed, count = store().remove_favorite(subscriber_id, asset_id)
-    return jsonify(
-        result="success",
-        subscriber_id=subscriber_id,
-        asset_id=asset_id,
-        removed=removed,
-        favorites=count,
-        evicted=0,
-    )
+    return _item(subscriber_id, asset_id, removed=removed, favorites=count, evicted=0)
 
 
 def mark_watched(subscriber_id: str, asset_id: str, params: dict):
@@ -242,24 +235,12 @@ def mark_watched(subscriber_id: str, asset_id: str, params: dict):
     if played is None:
         played = time.time_ns() // 1_000_000
     result = _put_field(subscriber_id, asset_id, "last_played_on", played)
-    return jsonify(
-        result="success",
-        subscriber_id=subscriber_id,
-        asset_id=asset_id,
-        last_played_on=played,
-        evicted=result.evicted,
-    )
+    return _item(subscriber_id, asset_id, last_played_on=played, evicted=result.evicted)
 
 
 def remove_watched(subscriber_id: str, asset_id: str, _params):
     removed = store().remove_record(subscriber_id, asset_id)
-    return jsonify(
-        result="success",
-        subscriber_id=subscriber_id,
-        asset_id=asset_id,
-        removed=removed,
-        evicted=0,
-    )
+    return _item(subscriber_id, asset_id, removed=removed, evicted=0)
 
 
 def _stored_pause_ms(subscriber_id: str, asset_id: str) -> int:
@@ -268,11 +249,8 @@ def _stored_pause_ms(subscriber_id: str, asset_id: str) -> int:
 
 
 def get_pause_time(subscriber_id: str, asset_id: str, _params):
-    return jsonify(
-        result="success",
-        subscriber_id=subscriber_id,
-        asset_id=asset_id,
-        time=_stored_pause_ms(subscriber_id, asset_id),
+    return _item(
+        subscriber_id, asset_id, time=_stored_pause_ms(subscriber_id, asset_id)
     )
 
 
@@ -286,26 +264,13 @@ def set_pause_time(subscriber_id: str, asset_id: str, params: dict):
         seconds = milliseconds // 1000
         evicted = _put_field(subscriber_id, asset_id, "pause_time", seconds).evicted
         stored = seconds * 1000
-    return jsonify(
-        result="success",
-        subscriber_id=subscriber_id,
-        asset_id=asset_id,
-        time=stored,
-        ignored=ignored,
-        evicted=evicted,
-    )
+    return _item(subscriber_id, asset_id, time=stored, ignored=ignored, evicted=evicted)
 
 
 def set_review(subscriber_id: str, asset_id: str, params: dict):
     score = _field_value(params, "score", _RATING, required=True)
     result = _put_field(subscriber_id, asset_id, "user_rating", score)
-    return jsonify(
-        result="success",
-        subscriber_id=subscriber_id,
-        asset_id=asset_id,
-        user_rating=score,
-        evicted=result.evicted,
-    )
+    return _item(subscriber_id, asset_id, user_rating=score, evicted=result.evicted)
 
 
 _PAGE = ("limit", "after")
