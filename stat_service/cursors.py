@@ -26,13 +26,17 @@ import re
 import struct
 import time
 
+from .schemas import MAX_ID_LENGTH
+
 VERSION = 1
 LISTS = {"fav": 1, "watch": 2, "continue": 3}
 MAC_BYTES = 16
-MAX_CHARS = 1024  # a cursor with a 256-character (1 KiB UTF-8) id needs ~380
 _HEAD = struct.Struct(">BBI")
 _POSITION = struct.Struct(">d")
 _PLAYED = struct.Struct(">q")
+# The longest cursor: a record's, whose asset id is 256 characters of 4
+# UTF-8 bytes each, in base64 (4 characters per 3 bytes, no padding): 1,406.
+MAX_CHARS = -(-(_HEAD.size + _PLAYED.size + 4 * MAX_ID_LENGTH + MAC_BYTES) * 4 // 3)
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 _CLOCK_SKEW = 300  # seconds a cursor may seem to come from the future
 

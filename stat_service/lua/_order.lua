@@ -15,10 +15,13 @@ local function pause_and_played(record)
   return match(record, "^[^|]*|[^|]*|([^|]*)|?([^|]*)")
 end
 
--- Whether id a sorts before id b in code-point order. For UTF-8 that is
--- byte order; Lua's "<" on strings follows the server's locale (strcoll),
--- so the bytes are compared here.
-local function id_less(a, b)
+-- Whether id a sorts before id b in code-point order, which for UTF-8 is
+-- byte order. Lua's "<" on strings uses the server's collation (strcoll;
+-- Redis sets LC_COLLATE from its environment): byte order in the C, POSIX
+-- and C.UTF-8 locales, where it is used as the fast way; any other locale
+-- orders case, punctuation or accents differently, which these probes
+-- catch, and then the bytes are compared one by one.
+local function bytes_less(a, b)
   local n = #a < #b and #a or #b
   for i = 1, n do
     local x, y = byte(a, i), byte(b, i)
@@ -27,6 +30,24 @@ local function id_less(a, b)
     end
   end
   return #a < #b
+end
+
+local function native_less(a, b)
+  return a < b
+end
+
+local id_less = bytes_less
+if
+  "B" < "a"
+  and "Z" < "_"
+  and "-" < "0"
+  and "9" < "A"
+  and "ab" < "a\195\169"
+  and "f" < "\195\169"
+  and "\195\169" < "\195\170"
+  and "a b" < "a-b"
+then
+  id_less = native_less
 end
 
 -- The first k of the candidates 1 .. n in the order less(i, j), best first.
