@@ -6,7 +6,7 @@ PORT ?= 8080
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast test-long lint format token clean bench bench-import
+.PHONY: help venv run test test-fast test-long lint format token clean bench bench-import bench-scripts
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,3 +52,6 @@ bench: $(VENV)/.installed ## benchmark against a bare-Flask ceiling (bench/READM
 
 bench-import: $(VENV)/.installed ## bulk import vs HTTP PUT: subscribers/s, peak RSS (bench/IMPORT.md)
 	$(PY) bench/import_bench.py
+
+bench-scripts: $(VENV)/.installed ## Redis time of each Lua script, 100 vs 5,000 records (bench/README.md)
+	$(PY) bench/script_times.py

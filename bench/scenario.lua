@@ -1,11 +1,12 @@
 -- wrk script of bench/run.py: realistic, random requests for one scenario.
 --
 -- Settings come from the environment (wrk's own argument passing is awkward):
---   BENCH_SCENARIO     put-delta | put-overwrite | get
+--   BENCH_SCENARIO     put-delta | put-overwrite | get | activity
 --   BENCH_TOKEN        the bearer token (an admin token: any subscriber)
 --   BENCH_SUBSCRIBERS  subscribers per population (default 10000)
 --   BENCH_SEED         random seed (default 1); each thread adds its number
---   BENCH_POOL         requests pre-built per thread (default 4000)
+--   BENCH_POOL         requests pre-built per thread (default 4000; 20000
+--                      for activity, so its favorite adds stay real adds)
 --   BENCH_SAMPLE       if set, thread 1 writes its first request there
 --
 -- Populations (bench/run.py pre-loads both the same way):
@@ -16,10 +17,25 @@
 --                         replaces them with 10 new records.
 -- Asset k (0-49) of subscriber n is "asset-%06d" of n * 50 + k (12 chars).
 --
+-- activity: the hot small calls of the MetaX 2.1 family (API.md section 9)
+-- on the "user" population, in a fixed mix, request i of a thread being
+-- (i mod 3):
+--   0  PUT /metax/2.1/activity/pausetime/{sub}/{asset}?time=<ms>: one of the
+--      subscriber's own 50 assets, time 10,000 .. 7,200,000 ms (a stored
+--      record is updated: no record is added, no bound is reached);
+--   1  PUT /metax/2.1/activity/fav/{sub}/{asset}: one of the subscriber's
+--      own 50 assets, almost never among its 5 pre-loaded favorites, so it
+--      is a real add at the end of the list; the list can only grow to
+--      5 + 50, far below MAX_FAVORITES (no 409);
+--   2  GET /metax/2.1/activity/continue/{sub}?limit=20: the first page of
+--      "Continue Watching" (of about 50 records).
+-- The PUTs carry no body (Content-Length: 0), as MetaX clients send them.
+--
 -- Requests are built in init() and replayed in a loop, so the Lua cost per
 -- request is a table lookup. done() prints one line "BENCH_JSON {...}".
 
 local PREFIX = "/metax/3.0/ui/user/stat/"
+local ACTIVITY = "/metax/2.1/activity/"
 local ASSETS = 50
 local VIEWS_PER_PUT = 10
 local FAVORITES_PER_PUT = 5
@@ -80,6 +96,21 @@ local function put_body(n)
     .. table.concat(views, ",") .. "]}"
 end
 
+-- Request i (1-based) of the activity mix for subscriber n (see the top).
+local function activity_request(i, n, headers)
+  local sub = string.format("user%05d@example.org", n)
+  local kind = (i - 1) % 3
+  if kind == 0 then
+    local path = ACTIVITY .. "pausetime/" .. sub .. "/" .. asset_id(n, math.random(0, ASSETS - 1))
+      .. "?time=" .. math.random(10000, 7200000)
+    return wrk.format("PUT", path, headers, "")
+  elseif kind == 1 then
+    local path = ACTIVITY .. "fav/" .. sub .. "/" .. asset_id(n, math.random(0, ASSETS - 1))
+    return wrk.format("PUT", path, headers, "")
+  end
+  return wrk.format("GET", ACTIVITY .. "continue/" .. sub .. "?limit=20", headers)
+end
+
 local pool = {}
 local size = 0
 local position = 0
@@ -89,7 +120,7 @@ function init(args)
   local token = os.getenv("BENCH_TOKEN") or ""
   local subscribers = tonumber(os.getenv("BENCH_SUBSCRIBERS") or "10000")
   local seed = tonumber(os.getenv("BENCH_SEED") or "1")
-  size = tonumber(os.getenv("BENCH_POOL") or "4000")
+  size = tonumber(os.getenv("BENCH_POOL") or (scenario == "activity" and "20000" or "4000"))
   local number = thread_number or 1
   math.randomseed(seed * 1000 + number)
   for i = 1, size do
@@ -97,6 +128,8 @@ function init(args)
     local headers = { ["Authorization"] = "Bearer " .. token }
     if scenario == "get" then
       pool[i] = wrk.format("GET", PREFIX .. string.format("user%05d@example.org", n), headers)
+    elseif scenario == "activity" then
+      pool[i] = activity_request(i, n, headers)
     else
       headers["Content-Type"] = "application/json"
       local path
