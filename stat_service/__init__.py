@@ -7,8 +7,7 @@ import logging
 
 from flask import Flask
 
-from . import errors, logs, observability
-from .activity import activity_bp
+from . import activity, errors, logs, observability
 from .api import RestOfPath, probes_bp, stat_bp
 from .auth import TokenVerifier
 from .config import DEV_JWT_SECRET, ConfigError, Settings, load_settings
@@ -83,7 +82,7 @@ def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
     errors.register(app)
     observability.install(app)
     app.register_blueprint(stat_bp)
-    app.register_blueprint(activity_bp)
+    activity.install(app)
     app.register_blueprint(probes_bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(openapi_bp)

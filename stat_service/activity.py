@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote_to_bytes
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import current_app, jsonify, request
 from marshmallow import ValidationError
+from werkzeug.routing import Rule
 
 from . import strictjson
 from .api import (
@@ -37,6 +38,7 @@ from .observability import UNMATCHED
 from .schemas import Count, Rating
 
 ACTIVITY = "/metax/2.1/activity"
+ENDPOINT = "activity.dispatch"  # of the family's one URL rule
 _ACTIVITY_BYTES = (ACTIVITY + "/").encode()
 FORM = "application/x-www-form-urlencoded"
 PAGE_SIZE = 50  # default `limit`
@@ -50,8 +52,6 @@ _LIMIT = re.compile(r"[1-9][0-9]{0,2}")
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _COUNT = Count()
 _RATING = Rating()
-
-activity_bp = Blueprint("activity", __name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,19 +87,7 @@ def _pairs(raw: bytes, where: str) -> list[tuple[str, str]]:
         ) from None
 
 
-def _parameters(accepted: tuple[str, ...], method: str) -> dict[str, str]:
-    """The request's parameters: the query string, and a form body for PUT
-    and DELETE; each at most once, all of them known."""
-    pairs = _pairs(request.environ.get("QUERY_STRING", "").encode("latin-1"), "query")
-    body = read_body()
-    if body:
-        if method == "GET":
-            raise ApiError(
-                400, "a GET takes no body: send its parameters in the query string"
-            )
-        check_content_type(FORM)
-        pairs += _pairs(body, "form body")
-    params: dict[str, str] = {}
+def _add(params: dict, pairs, accepted: tuple[str, ...]) -> None:
     for name, value in pairs:
         if name not in accepted and name != "type":
             takes = ", ".join((*accepted, "type"))
@@ -108,10 +96,38 @@ def _parameters(accepted: tuple[str, ...], method: str) -> dict[str, str]:
         if name in params:
             raise ApiError(400, f"{name} given more than once")
         params[name] = value
+
+
+def _parameters(accepted: tuple[str, ...], method: str) -> dict[str, str]:
+    """The request's parameters: the query string, and a form body for PUT
+    and DELETE; each at most once, all of them known.
+
+    In the order of section 1: the query, then the body's media type, its
+    size, its encoding, and last the values.
+    """
+    params: dict[str, str] = {}
+    query = request.environ.get("QUERY_STRING", "").encode("latin-1")
+    _add(params, _pairs(query, "query"), accepted)
+    announced = request.content_length  # None: chunked, or no body at all
+    if announced:
+        _body_allowed(method)
+        check_content_type(FORM)
+    body = read_body()
+    if body:
+        _body_allowed(method)
+        check_content_type(FORM)
+        _add(params, _pairs(body, "form body"), accepted)
     kind = params.get("type")
     if kind is not None and kind not in TYPES:
         raise ValidationError({"type": [f"Must be one of: {', '.join(TYPES)}."]})
     return params
+
+
+def _body_allowed(method: str) -> None:
+    if method == "GET":
+        raise ApiError(
+            400, "a GET takes no body: send its parameters in the query string"
+        )
 
 
 def _field_value(params: dict, name: str, field, *, required: bool = False):
@@ -302,12 +318,14 @@ def route_template(list_name: str, ids: int) -> str:
     return f"{ACTIVITY}/{list_name}{tail}"
 
 
-@activity_bp.route(
-    f"{ACTIVITY}/<rest:_path>",
-    # Every method reaches dispatch(), which knows what each path allows.
-    methods=["GET", "PUT", "DELETE", "POST", "PATCH", "OPTIONS"],
-    provide_automatic_options=False,
-)
+def install(app) -> None:
+    """One URL rule for the whole family, matching every method: dispatch()
+    answers 404 and 405 (with the path's own Allow) itself. Flask's routes
+    name their methods, so this rule is made with Werkzeug directly."""
+    app.url_map.add(Rule(f"{ACTIVITY}/<rest:_path>", endpoint=ENDPOINT))
+    app.view_functions[ENDPOINT] = dispatch
+
+
 def dispatch(_path):
     environ = request.environ
     target = request_target()

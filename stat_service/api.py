@@ -51,6 +51,10 @@ def request_target() -> bytes:
         return quote_from_bytes(
             environ.get("PATH_INFO", "").encode("latin-1"), safe="/"
         ).encode()
+    if "#" in uri:
+        # A request target has no fragment (RFC 9112 section 3.2), and the
+        # server's PATH_INFO already dropped it: refuse rather than guess.
+        raise ApiError(400, "the request target must not contain '#'")
     path = uri.split("?", 1)[0]
     if not path.startswith("/") and "://" in path:  # absolute-form target
         path = "/" + path.split("://", 1)[1].partition("/")[2]

@@ -20,6 +20,7 @@ from flask import (
 from marshmallow import RAISE, Schema, fields
 from marshmallow.validate import OneOf
 
+from .activity import ENDPOINT
 from .api import PREFIX
 from .errors import MESSAGES
 from .schemas import (
@@ -579,7 +580,7 @@ def build_spec(app: Flask) -> dict:
     )
     served: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
-        if rule.rule in documented:
+        if rule.rule in documented and rule.methods:
             served.setdefault(rule.rule, set()).update(
                 method.lower() for method in rule.methods or ()
             )
@@ -590,7 +591,7 @@ def build_spec(app: Flask) -> dict:
             operations={key: op for key, op in item.items() if key in methods},
             parameters=item.get("parameters"),
         )
-    if any(rule.endpoint == "activity.dispatch" for rule in app.url_map.iter_rules()):
+    if any(rule.endpoint == ENDPOINT for rule in app.url_map.iter_rules()):
         for path, item in openapi_activity.paths().items():
             operations = {key: op for key, op in item.items() if key != "parameters"}
             spec.path(path=path, operations=operations, parameters=item["parameters"])

@@ -22,6 +22,7 @@ from schemathesis.generation import GenerationMode
 
 from stat_service import create_app, openapi
 from stat_service.activity import ACTIVITY, ENDPOINTS, route_template
+from stat_service.cursors import MAX_CHARS
 from stat_service.openapi import IS_DELTA_PATTERN, NO_CONTROL_PATTERN, openapi_bp
 from stat_service.schemas import (
     MAX_SAFE_INTEGER,
@@ -54,7 +55,7 @@ CHECKS = [
     "allow_header_conformance",
 ]
 AUTOMATIC_METHODS = {"HEAD", "OPTIONS"}  # added by Flask to every rule
-_CURSOR_LIKE = re.compile(r"[A-Za-z0-9_-]{1,1024}")  # the document's `after`
+_CURSOR_LIKE = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_CHARS}}}")  # the document's `after`
 
 
 def _with_docs(app):
