@@ -21,7 +21,14 @@ import redis
 from stat_service import create_app
 from stat_service.config import Settings
 from tests.cluster import LocalCluster
-from tests.support import INSTALL_HINT, RedisServer, delete_prefix, dump, redis_ping
+from tests.support import (
+    INSTALL_HINT,
+    RedisServer,
+    close_client,
+    delete_prefix,
+    dump,
+    redis_ping,
+)
 
 # Fixtures for tests that run the service under gunicorn.
 pytest_plugins = ["tests.harness"]
@@ -109,7 +116,7 @@ def redis_client(request, key_prefix):
         client = redis.Redis.from_url(request.getfixturevalue("real_redis_url"))
     yield client
     delete_prefix(client, key_prefix)
-    client.close()
+    close_client(client)
 
 
 @pytest.fixture

@@ -46,28 +46,6 @@ VALID_PARAMS = {
 }
 
 
-def close_cluster_seeds(client) -> None:
-    """Close what RedisCluster.close() leaves open: redis-py 8.1 keeps the
-    connection to its seed node outside the node cache that close() closes,
-    and the socket's ResourceWarning later fails whichever test is running
-    when the garbage collector finds it (filterwarnings = error)."""
-    manager = getattr(client, "nodes_manager", None)
-    for node in manager.startup_nodes.values() if manager is not None else ():
-        if node.redis_connection is not None:
-            node.redis_connection.close()
-
-
-@pytest.fixture(autouse=True)
-def _close_cluster_seed_connections(request):
-    """The same for the ``redis_client`` of conftest.py, when a test uses it."""
-    if "redis_client" not in request.fixturenames:
-        yield
-        return
-    client = request.getfixturevalue("redis_client")
-    yield
-    close_cluster_seeds(client)
-
-
 def url(kind: str, sub: str = SUB, asset: str | None = None, **params) -> str:
     """An activity URL; each id is one segment, every reserved character encoded."""
     path = f"{ACTIVITY}/{kind}/{quote(sub, safe='')}"

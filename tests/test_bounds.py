@@ -15,7 +15,7 @@ import redis
 from stat_service import ConfigError, bulk, create_app
 from stat_service.config import load_settings
 from tests.conftest import PATH, SECRET, SUB, bearer
-from tests.support import MESSAGES, delete_prefix
+from tests.support import MESSAGES, close_client, delete_prefix
 
 ALSO_ON_CLUSTER = True
 
@@ -28,28 +28,6 @@ EVERY_FIELD = {
     "pause_time": 310,
     "user_rating": 3.5,
 }
-
-
-def close_cluster_seeds(client) -> None:
-    """Close what RedisCluster.close() leaves open: redis-py 8.1 keeps the
-    connection to its seed node outside the node cache that close() closes,
-    and the socket's ResourceWarning later fails whichever test is running
-    when the garbage collector finds it (filterwarnings = error)."""
-    manager = getattr(client, "nodes_manager", None)
-    for node in manager.startup_nodes.values() if manager is not None else ():
-        if node.redis_connection is not None:
-            node.redis_connection.close()
-
-
-@pytest.fixture(autouse=True)
-def _close_cluster_seed_connections(request):
-    """The same for the ``redis_client`` of conftest.py, when a test uses it."""
-    if "redis_client" not in request.fixturenames:
-        yield
-        return
-    client = request.getfixturevalue("redis_client")
-    yield
-    close_cluster_seeds(client)
 
 
 def make_app(settings: dict, redis_client, **bounds):
@@ -561,8 +539,7 @@ def real_redis(request, key_prefix):
         client = redis.Redis.from_url(url, max_connections=64)
     yield client
     delete_prefix(client, key_prefix)
-    client.close()
-    close_cluster_seeds(client)
+    close_client(client)
 
 
 def real_app(key_prefix, client, **bounds):

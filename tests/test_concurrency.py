@@ -13,7 +13,7 @@ import redis
 
 from stat_service import create_app
 from tests.conftest import PATH, SECRET, SUB, bearer
-from tests.support import delete_prefix
+from tests.support import close_client, delete_prefix
 
 pytestmark = pytest.mark.real_redis
 
@@ -37,7 +37,7 @@ def real_app(request, key_prefix):
     )
     yield app
     delete_prefix(client, key_prefix)
-    client.close()
+    close_client(client)
 
 
 def put(client, body, *, delta=True):
