@@ -77,8 +77,7 @@ class Cursors:
             played, asset_id = position
             body = _PLAYED.pack(played) + asset_id.encode()
         payload = head + body
-        token = payload + self._mac(payload, subscriber_id)
-        return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
+        return _encode(payload + self._mac(payload, subscriber_id))
 
     def read(self, kind: str, subscriber_id: str, text: str):
         """The position of a cursor made by ``make`` for the same list and
@@ -89,6 +88,9 @@ class Cursors:
             token = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError):
             raise CursorError(_NOT_OURS) from None
+        if _encode(token) != text:
+            # The last character's unused bits: the same bytes, other text.
+            raise CursorError(_NOT_OURS)
         payload, mac = token[:-MAC_BYTES], token[-MAC_BYTES:]
         if len(payload) < _HEAD.size or not hmac.compare_digest(
             mac, self._mac(payload, subscriber_id)
@@ -120,6 +122,10 @@ class Cursors:
     def _mac(self, payload: bytes, subscriber_id: str) -> bytes:
         message = payload + b"\x00" + subscriber_id.encode("utf-8", "surrogatepass")
         return hmac.new(self._key, message, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def _encode(token: bytes) -> str:
+    return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
 
 
 _NOT_OURS = (
