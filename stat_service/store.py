@@ -7,9 +7,9 @@ subscriber's hash tag, see below):
 key                       Redis type  content
 ========================  ==========  =========================================
 ``P{T}:fav``              sorted set  the favorites ("My List"): member = asset
-                                      guid, score = position (0, 1, 2, ...), so
-                                      ``ZRANGE 0 -1`` gives them in the order
-                                      they were sent
+                                      guid, score = position (rising in list
+                                      order), so ``ZRANGE 0 -1`` gives them in
+                                      the order they were sent
 ``P{T}:view``             hash        the view data: field = asset id, value =
                                       the asset's record, encoded as below
 ========================  ==========  =========================================
@@ -30,10 +30,12 @@ A hash per subscriber with compact values costs ~50 bytes a record (up
 to 512 records, a listpack) to ~105 (a full history of 5,000), a fraction
 of a hash per asset (see the README's storage section).
 
-Positions in the favorites set only grow: an add takes the last position
-plus 1 and a removal leaves a gap, so a page cursor (a position) stays
-meaningful while the list changes (API.md section 9). Every list is read
-from these two keys; there is no second copy for paging.
+Positions in the favorites set are what a page cursor names, so they stay
+where they are while the list changes (API.md section 9): an add takes the
+last position plus 1, a removal leaves a gap, and a PUT that replaces the
+whole list keeps the positions of the favorites that stay, placing the
+others in between (``lua/_favorites.lua``; positions may be fractional).
+Every list is read from these two keys; there is no second copy for paging.
 
 Bounds (API.md section 8, ``Bounds``): a write that adds records past
 ``max_records`` is refused whole (``HistoryFull``) or, with ``evict``, makes
@@ -68,13 +70,12 @@ def hash_tag(subscriber_id: str) -> str:
     return "{" + subscriber_id.translate(_TAG_ESCAPES) + "}"
 
 
-def _load_lua(name: str, *, ordered: bool = False) -> str:
-    """A script's text; ``ordered`` puts the helpers of _order.lua in front."""
+def _load_lua(name: str, *helpers: str) -> str:
+    """A script's text, with the helper files it uses (``_order``,
+    ``_favorites``) put in front."""
     folder = importlib.resources.files(__package__).joinpath("lua")
-    text = folder.joinpath(f"{name}.lua").read_text()
-    if ordered:
-        text = folder.joinpath("_order.lua").read_text() + "\n" + text
-    return text
+    parts = [folder.joinpath(f"{part}.lua").read_text() for part in (*helpers, name)]
+    return "\n".join(parts)
 
 
 def format_value(value: int | float) -> str:
@@ -238,13 +239,13 @@ class StatStore:
         self.bounds = bounds
         self._bound_args = (bounds.max_records, "evict" if bounds.evict else "reject")
         register = client.register_script
-        self._delta = register(_load_lua("put_delta", ordered=True))
-        self._overwrite = register(_load_lua("put_overwrite"))
+        self._delta = register(_load_lua("put_delta", "_order", "_favorites"))
+        self._overwrite = register(_load_lua("put_overwrite", "_favorites"))
         self._read = register(_load_lua("read"))
         self._fav_add = register(_load_lua("fav_add"))
         self._fav_remove = register(_load_lua("fav_remove"))
         self._fav_page = register(_load_lua("fav_page"))
-        self._view_page = register(_load_lua("view_page", ordered=True))
+        self._view_page = register(_load_lua("view_page", "_order"))
         self._record_get = register(_load_lua("record_get"))
         self._record_remove = register(_load_lua("record_remove"))
         # What a bulk loader's pipelines send (see load_scripts).

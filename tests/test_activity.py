@@ -795,11 +795,6 @@ def test_a_watch_walk_while_records_change_keeps_every_unchanged_one(client):
     assert history(client)["view_data"] == sorted(stored.values(), key=order)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: a section 1 PUT renumbers favorite positions 0..n-1, so a "
-    "fav cursor taken before it skips (or repeats) unchanged favorites",
-)
 def test_a_fav_walk_across_a_section_1_put_keeps_every_unchanged_favorite(client):
     put_history(client, {"favorites": list("abcdef")})
     first = page(client, "fav", limit=2)
@@ -808,6 +803,49 @@ def test_a_fav_walk_across_a_section_1_put_keeps_every_unchanged_favorite(client
     put_history(client, {"favorites": list("acdef")}, delta=True)
     rest = page(client, "fav", limit=10, after=first["next"])
     assert rest["favorites"] == ["c", "d", "e", "f"]
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "overwrite"])
+@pytest.mark.parametrize("seed", range(4))
+def test_whole_list_puts_keep_the_places_of_the_favorites_that_stay(
+    client, seed, delta
+):
+    """Removals and insertions anywhere by a whole-list PUT between two pages:
+    every favorite that stayed comes exactly once, in order; the new ones at
+    their places in the new list."""
+    rng = random.Random(seed)
+    old = [f"f{i:02d}" for i in range(20)]
+    put_history(client, {"favorites": old})
+    first = page(client, "fav", limit=7)
+    assert first["favorites"] == old[:7]
+    new = [favorite for favorite in old if rng.random() > 0.3]
+    for k in range(rng.randint(1, 6)):
+        new.insert(rng.randrange(len(new) + 1), f"new-{k}")
+    put_history(client, {"favorites": new}, delta=delta)
+    rest, after = [], first["next"]
+    while after is not None:
+        body = page(client, "fav", limit=3, after=after)
+        rest += body["favorites"]
+        after = body["next"]
+    assert [f for f in rest if f in old] == [f for f in new if f in old[7:]]
+    # New ones may come or not (they changed), but in the new list's order,
+    # once each, and never one already seen.
+    assert rest == [f for f in new if f in rest]
+    assert not set(rest) & set(first["favorites"])
+    assert page(client, "fav", limit=50)["favorites"] == new
+
+
+def test_favorites_keep_their_order_when_positions_run_out_of_room(client):
+    """Inserting again and again between the same two favorites halves the
+    room between their positions until doubles cannot split it: then the
+    list is numbered anew, in the right order."""
+    favorites = ["a", "z"]
+    put_history(client, {"favorites": favorites})
+    for k in range(70):  # just before "z", at 1.0: full after about 53
+        favorites.insert(len(favorites) - 1, f"m{k:02d}")
+        put_history(client, {"favorites": favorites}, delta=True)
+        assert page(client, "fav", limit=100)["favorites"] == favorites
+    assert walk(client, "fav", 9) == favorites
 
 
 def test_cursors_from_another_list_or_subscriber_are_400(fake_client, fake_snapshot):

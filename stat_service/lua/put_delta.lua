@@ -1,11 +1,13 @@
 -- put_delta: merge one request into a subscriber's history (isDelta=true),
--- within the bound MAX_RECORDS (API.md section 8). Runs after _order.lua.
+-- within the bound MAX_RECORDS (API.md section 8). Runs after _order.lua
+-- and _favorites.lua.
 --
 -- KEYS[1]  favorites sorted set of the subscriber (member = asset guid,
 --          score = position)
 -- KEYS[2]  view-data hash of the subscriber (field = asset id,
 --          value = encoded record, see stat_service/store.py)
--- ARGV[1]  "1": replace the favorites with ARGV[5 .. 4+n]; "0": keep them
+-- ARGV[1]  "1": replace the favorites with ARGV[5 .. 4+n] (those that stay
+--          keep their positions, see _favorites.lua); "0": keep them
 -- ARGV[2]  MAX_RECORDS, the most records the hash may hold after a write
 --          that adds records
 -- ARGV[3]  "evict": make room by removing the least recently played
@@ -121,15 +123,7 @@ if added > 0 then
 end
 
 if ARGV[1] == "1" then
-  redis.call("DEL", fav)
-  for start = 5, 4 + nfav, CHUNK do
-    local args = {}
-    for i = start, math.min(start + CHUNK - 1, 4 + nfav) do
-      args[#args + 1] = i - 5
-      args[#args + 1] = ARGV[i]
-    end
-    redis.call("ZADD", fav, unpack(args))
-  end
+  set_favorites(fav, 5, nfav)
 end
 
 for start = 1, #ids, CHUNK do
