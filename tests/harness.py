@@ -76,7 +76,11 @@ def _read_reply(sock: socket.socket) -> Reply:
         if not chunk:
             break
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return parse_reply(b"".join(chunks))
+
+
+def parse_reply(raw: bytes) -> Reply:
+    """The one reply in ``raw``, all a connection received up to its close."""
     head, sep, body = raw.partition(b"\r\n\r\n")
     assert sep, f"no complete HTTP reply: {raw[:400]!r}"
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
