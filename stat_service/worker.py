@@ -17,7 +17,7 @@ replaced. For each request on a connection it:
    ``/healthz`` and ``/readyz`` never wait for a turn, so load balancers'
    probes are answered under any load.
 
-It also accepts up to ``max_accept`` connections per wake-up where gunicorn's
+It also accepts up to MAX_ACCEPT connections per wake-up where gunicorn's
 gevent worker takes one when there are several workers (a flood then queued
 probes in the listen backlog for seconds). TLS and HTTP/2 connections go
 through gunicorn's own loop, unchanged.
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import time
 import uuid
 import warnings
@@ -60,6 +59,11 @@ access_log = logging.getLogger("stat_service.access")
 PROBE_PATHS = frozenset(("/healthz", "/readyz"))
 # The route label of answers the worker gives without running the app.
 SERVER_ROUTE = "<server>"
+# Connections accepted per wake-up: gevent's default. gunicorn's gevent worker
+# sets 1 when there are several workers, which under a flood left new
+# connections, probes included, in the listen backlog for seconds; a worker
+# busier than the others simply wakes up less often to accept.
+MAX_ACCEPT = 100
 # Past the deadline, how long the closing handshake may take.
 CLOSE_LINGER = 0.5
 
@@ -153,7 +157,9 @@ class StatWorker(GeventWorker):
         self.read_timeout = settings.REQUEST_READ_TIMEOUT
         self.max_body = settings.MAX_BODY_BYTES
         self.retry_after = str(settings.RETRY_AFTER_SECONDS)
-        self.max_accept = int(os.environ.get("GUNICORN_MAX_ACCEPT", "100"))
+        # TLS and HTTP/2 connections: gunicorn's own connection loop.
+        self.gunicorn_loop = self.cfg.is_ssl or self.cfg.http2_cleartext != "off"
+        self.keepalive = self.cfg.keepalive
         self.gate_settings = (settings.MAX_IN_FLIGHT, settings.QUEUE_TIMEOUT)
         super().init_process()  # patches, then loads the app, then run()
 
@@ -184,7 +190,7 @@ class StatWorker(GeventWorker):
             server = StreamServer(
                 sock, handle=self._handler(sock), spawn=Pool(self.worker_connections)
             )
-            server.max_accept = self.max_accept
+            server.max_accept = MAX_ACCEPT
             server.start()
             servers.append(server)
 
@@ -214,7 +220,7 @@ class StatWorker(GeventWorker):
         return handle
 
     def handle(self, listener, client, addr):
-        if self.cfg.is_ssl or self.cfg.http2_cleartext != "off":
+        if self.gunicorn_loop:
             return super().handle(listener, client, addr)
         accepted = time.monotonic()
         client.setblocking(1)
@@ -234,7 +240,7 @@ class StatWorker(GeventWorker):
     def _serve(self, listener, client, addr, since: float) -> None:
         parser = http.get_parser(self.cfg, client, addr)
         listener_name = listener.getsockname()
-        keepalive = self.cfg.keepalive
+        keepalive = self.keepalive
         proxy_protocol_info = {}
         first = True
         while True:
@@ -367,12 +373,12 @@ class StatWorker(GeventWorker):
             self.handle_request(listener_name, req, client, addr)
         except StopIteration:
             return False  # the response said the connection closes
-        return self.alive and bool(self.cfg.keepalive)
+        return self.alive and bool(self.keepalive)
 
     def _shed(self, req, client) -> bool:
         SHED.inc()
         self._count(req.method, 503)
-        close = req.should_close() or not self.alive or not self.cfg.keepalive
+        close = req.should_close() or not self.alive or not self.keepalive
         client.sendall(
             error_bytes(
                 503,
