@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 import uuid
 
 import pytest
 
-from tests.conftest import PATH, SECRET, make_token
+from tests.conftest import PATH, SECRET, SUB, make_token
 from tests.harness import Service, _chunked, _head, assert_error, parse_reply, unique
 from tests.loadgen import (
     Prober,
@@ -26,6 +27,7 @@ from tests.loadgen import (
     put_bytes,
     split_response,
 )
+from tests.test_auth import JwksServer, jwk, rs256, rsa_key
 from tests.test_operations import scrape
 
 pytestmark = pytest.mark.gunicorn
@@ -376,3 +378,51 @@ def test_flood_is_answered_slower_or_503_never_500_and_probes_keep_answering(
     # Load was shed by the service, not by Redis connections running out.
     assert scrape(text, "stat_redis_errors_total") == redis_errors
     assert scrape(text, "stat_requests_shed_total") == counts.get("503", 0)
+
+
+# --- a hung dependency holds no worker either ------------------------------------
+
+
+@pytest.fixture
+def hung_jwks():
+    server = JwksServer([jwk(rsa_key(), "k1")])
+    server.mode = "hang"
+    yield server
+    server.stop()
+
+
+def test_hung_jwks_endpoint_delays_no_probe(spawn, module_redis, hung_jwks):
+    """Requests waiting on a hung JWKS endpoint (up to JWT_JWKS_TIMEOUT, then
+    503) wait cooperatively: probes keep being answered meanwhile."""
+    jwks = hung_jwks
+    svc = spawn(
+        REDIS_URL=module_redis.url,
+        KEY_PREFIX=f"stat-test:{uuid.uuid4().hex[:12]}:",
+        JWT_JWKS_URL=jwks.url,
+        JWT_JWKS_TIMEOUT="1",
+        JWT_JWKS_REFRESH_COOLDOWN="0.1",
+    ).wait_ready()
+    token = rs256(SUB, "main", kid="k1")
+    prober = Prober(svc.port, interval=0.05)
+    prober.start()
+    waiting = [
+        threading.Thread(
+            target=lambda: replies.append(
+                svc.put(
+                    SUB,
+                    {"favorites": ["f1"]},
+                    auth=("Authorization", f"Bearer {token}"),
+                )
+            )
+        )
+        for _ in range(6)
+    ]
+    replies: list = []
+    for thread in waiting:
+        thread.start()
+    for thread in waiting:
+        thread.join(timeout=30)
+    probes = prober.stop()
+    assert [r.status for r in replies] == [503] * 6, replies
+    assert {s for s, _ in probes} == {200}, probes
+    assert max(t for _, t in probes) < 0.1, figures(probes)
