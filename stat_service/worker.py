@@ -17,10 +17,10 @@ replaced. For each request on a connection it:
    ``/healthz`` and ``/readyz`` never wait for a turn, so load balancers'
    probes are answered under any load.
 
-It also accepts up to MAX_ACCEPT connections per wake-up where gunicorn's
-gevent worker takes one when there are several workers (a flood then queued
-probes in the listen backlog for seconds). TLS and HTTP/2 connections go
-through gunicorn's own loop, unchanged.
+A worker holding many connections accepts up to MAX_ACCEPT of them per
+wake-up, where gunicorn's gevent worker always takes one when there are
+several workers (a flood then kept probes in the listen backlog for seconds).
+TLS and HTTP/2 connections go through gunicorn's own loop, unchanged.
 """
 
 from __future__ import annotations
@@ -59,11 +59,15 @@ access_log = logging.getLogger("stat_service.access")
 PROBE_PATHS = frozenset(("/healthz", "/readyz"))
 # The route label of answers the worker gives without running the app.
 SERVER_ROUTE = "<server>"
-# Connections accepted per wake-up: gevent's default. gunicorn's gevent worker
-# sets 1 when there are several workers, which under a flood left new
-# connections, probes included, in the listen backlog for seconds; a worker
-# busier than the others simply wakes up less often to accept.
+# Connections accepted per wake-up. One at a time spreads connections evenly
+# over the workers (each wake-up of every worker takes one; a worker taking
+# many at once would hold all of a load balancer's few keep-alive
+# connections and leave the other cores idle). But under a flood a busy
+# worker wakes up seldom, and new connections, probes included, waited in the
+# listen backlog for seconds (gunicorn's gevent worker always takes one): so a
+# worker already holding FLOOD_CONNECTIONS connections takes up to MAX_ACCEPT.
 MAX_ACCEPT = 100
+FLOOD_CONNECTIONS = 64
 # Past the deadline, how long the closing handshake may take.
 CLOSE_LINGER = 0.5
 
@@ -184,13 +188,14 @@ class StatWorker(GeventWorker):
     def run(self):
         # As GeventWorker.run, but for max_accept (and always our handler).
         self.gate = Gate(*self.gate_settings)
-        servers = []
+        self.open_connections = 0
+        self.servers = servers = []
         for sock in self.sockets:
             sock.setblocking(1)
             server = StreamServer(
                 sock, handle=self._handler(sock), spawn=Pool(self.worker_connections)
             )
-            server.max_accept = MAX_ACCEPT
+            server.max_accept = 1
             server.start()
             servers.append(server)
 
@@ -224,7 +229,7 @@ class StatWorker(GeventWorker):
             return super().handle(listener, client, addr)
         accepted = time.monotonic()
         client.setblocking(1)
-        CONNECTIONS_OPEN.inc()
+        self._opened(1)
         try:
             self._serve(listener, client, addr, accepted)
         except OSError as exc:
@@ -232,8 +237,15 @@ class StatWorker(GeventWorker):
         except Exception as exc:
             self.handle_error(None, client, addr, exc)
         finally:
-            CONNECTIONS_OPEN.dec()
+            self._opened(-1)
             util.close(client)
+
+    def _opened(self, change: int) -> None:
+        CONNECTIONS_OPEN.inc(change)
+        self.open_connections += change
+        flooded = self.open_connections >= FLOOD_CONNECTIONS
+        for server in self.servers:
+            server.max_accept = MAX_ACCEPT if flooded else 1
 
     # --- one connection --------------------------------------------------------
 
@@ -248,7 +260,7 @@ class StatWorker(GeventWorker):
             if not self._has_buffered(parser):
                 idle_until = deadline if first else since + keepalive
                 if not self._wait_first_byte(client, min(idle_until, deadline)):
-                    if first:
+                    if first and self.alive:
                         READ_TIMEOUTS.labels("closed").inc()
                     return
                 if not first and keepalive >= self.read_timeout:
@@ -292,9 +304,12 @@ class StatWorker(GeventWorker):
         timer = gevent.Timeout(max(0.0, deadline - time.monotonic()), _Expired)
         timer.start()
         try:
-            req = next(parser)
-            self._read_body(req, client)
-            return req
+            try:
+                req = next(parser)
+                self._read_body(req, client)
+                return req
+            finally:
+                timer.close()  # before any answer below is written
         except _Expired:
             self._timed_out(client, req)
         except StopIteration:
@@ -305,8 +320,6 @@ class StatWorker(GeventWorker):
             raise
         except Exception as exc:  # malformed request line or headers
             self.handle_error(req, client, addr, exc)
-        finally:
-            timer.close()
         return None
 
     def _read_body(self, req, client) -> None:

@@ -313,7 +313,9 @@ def _shape_ok(status: int, headers: dict, body: bytes) -> bool:
     )
 
 
-async def _flood(port: int, connections: int, seconds: float, token: str) -> dict:
+async def _flood(
+    port: int, connections: int, seconds: float, token: str, keep_alive: bool = True
+) -> dict:
     counts: Counter = Counter()
     deadline = time.monotonic() + seconds
 
@@ -330,14 +332,14 @@ async def _flood(port: int, connections: int, seconds: float, token: str) -> dic
                 while time.monotonic() < deadline:
                     n += 1
                     sub = f"flood-{i}-{n % 50}@example.org"
-                    writer.write(put_bytes(token, sub, n, keep_alive=True))
+                    writer.write(put_bytes(token, sub, n, keep_alive=keep_alive))
                     status, headers, body = await asyncio.wait_for(
                         _read_response(reader), timeout=30
                     )
                     counts[str(status)] += 1
                     if status == 503 and not _shape_ok(status, headers, body):
                         counts["503-not-the-contract-shape"] += 1
-                    if headers.get("connection", "").lower() == "close":
+                    if not keep_alive or headers.get("connection", "") == "close":
                         break
             except (asyncio.IncompleteReadError, ConnectionError, OSError):
                 counts["closed-without-answer"] += 1
@@ -350,12 +352,15 @@ async def _flood(port: int, connections: int, seconds: float, token: str) -> dic
     return dict(counts)
 
 
-def flood(port: int, connections: int, seconds: float, token: str) -> dict:
+def flood(
+    port: int, connections: int, seconds: float, token: str, keep_alive: bool = True
+) -> dict:
     """Counts by status (and failures) of a flood run in a subprocess, plus
-    ``ok_per_s``: 200s per second of the run."""
+    ``ok_per_s``: 200s per second of the run. Without ``keep_alive``, each
+    request comes on a new connection."""
     done = subprocess.run(
         [sys.executable, "-m", "tests.loadgen", "flood", str(port), str(connections),
-         str(seconds), token],
+         str(seconds), token, "keep-alive" if keep_alive else "close"],
         cwd=ROOT, capture_output=True, text=True, timeout=seconds + 120, check=True,
     )  # fmt: skip
     counts = json.loads(done.stdout.strip().splitlines()[-1])
@@ -364,11 +369,13 @@ def flood(port: int, connections: int, seconds: float, token: str) -> dict:
 
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["flood"]:
-        port, connections, seconds, token = argv[1:5]
-        result = asyncio.run(_flood(int(port), int(connections), float(seconds), token))
+        port, connections, seconds, token, mode = argv[1:6]
+        result = asyncio.run(
+            _flood(int(port), int(connections), float(seconds), token, mode != "close")
+        )
         print(json.dumps(result), flush=True)
         return 0
-    print("usage: python -m tests.loadgen flood PORT CONNECTIONS SECONDS TOKEN")
+    print("usage: python -m tests.loadgen flood PORT CONNECTIONS SECONDS TOKEN MODE")
     return 2
 
 
