@@ -13,7 +13,8 @@ replaced. For each request on a connection it:
    saw the request, so nothing of it was written;
 3. runs the app only then, for at most ``MAX_IN_FLIGHT`` requests at a time
    per worker. The others wait for a turn; one that waited ``QUEUE_TIMEOUT``
-   seconds is answered ``503`` with ``Retry-After`` without running.
+   seconds (a random half to all of it) is answered ``503`` with
+   ``Retry-After`` without running.
    ``/healthz`` and ``/readyz`` never wait for a turn, so load balancers'
    probes are answered under any load.
 
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import io
 import logging
+import random
+import select
 import time
 import uuid
 import warnings
@@ -99,7 +102,10 @@ class Gate:
             return True
         REQUESTS_QUEUED.inc()
         try:
-            return self._slots.acquire(timeout=self._timeout)
+            # Between half the timeout and all of it: requests that came in
+            # together (a flood's first burst) are not all refused together,
+            # then back together, in waves that stall the worker.
+            return self._slots.acquire(timeout=self._timeout * random.uniform(0.5, 1))
         finally:
             REQUESTS_QUEUED.dec()
 
@@ -286,6 +292,10 @@ class StatWorker(GeventWorker):
 
     def _wait_first_byte(self, client, until: float) -> bool:
         """True once something (a byte, or the peer's close) can be read."""
+        poller = select.poll()  # the standard library's, unpatched: no wait
+        poller.register(client.fileno(), select.POLLIN)
+        if poller.poll(0):
+            return True  # already there: no trip through the event loop
         while self.alive:
             remaining = until - time.monotonic()
             if remaining <= 0:

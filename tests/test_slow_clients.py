@@ -198,6 +198,21 @@ def _connect(svc: Service) -> socket.socket:
     return socket.create_connection(("127.0.0.1", svc.port), timeout=10)
 
 
+def _read_answer(sock: socket.socket) -> bytes:
+    """One whole response (head, then Content-Length bytes of body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    headers, body = split_response(data)
+    while len(body) < int(headers.get("content-length", "0")):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        body += chunk
+    return data
+
+
 def _trickle_until_answer(sock: socket.socket, data: bytes, every: float = 0.1):
     """Send ``data`` a byte at a time; the reply and when its first byte came."""
     sock.settimeout(every)
@@ -283,7 +298,7 @@ def test_keep_alive_deadline_counts_from_the_previous_response(slow_service):
     ask = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     with _connect(slow_service) as sock:
         sock.sendall(ask)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert _read_answer(sock).startswith(b"HTTP/1.1 200")
         answered = time.monotonic()
         time.sleep(KEEPALIVE * 0.7)  # idle, but not for the keep-alive timeout
         raw, arrived = _trickle_until_answer(sock, ask[:-2] + b"X: " + b"a" * 100)
@@ -293,7 +308,7 @@ def test_keep_alive_deadline_counts_from_the_previous_response(slow_service):
 
     with _connect(slow_service) as sock:
         sock.sendall(ask)
-        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert _read_answer(sock).startswith(b"HTTP/1.1 200")
         answered = time.monotonic()
         assert sock.recv(65536) == b""
         idle = time.monotonic() - answered
@@ -314,7 +329,7 @@ def test_keep_alive_expect_100_and_pipelining_still_work(slow_service):
         sock.sendall("\r\n".join(lines).encode() + b"\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
         sock.sendall(body)
-        first = sock.recv(65536)
+        first = _read_answer(sock)
         assert first.startswith(b"HTTP/1.1 200"), first
         # Two requests in one write, on the same connection.
         get = f"GET {PATH}{sub} HTTP/1.1\r\nHost: x\r\n"
