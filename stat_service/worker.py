@@ -265,7 +265,7 @@ class StatWorker(GeventWorker):
             deadline = since + self.read_timeout
             if not self._has_buffered(parser):
                 idle_until = deadline if first else since + keepalive
-                if not self._wait_first_byte(client, min(idle_until, deadline)):
+                if not self._wait_first_byte(client, min(idle_until, deadline), first):
                     if first and self.alive:
                         READ_TIMEOUTS.labels("closed").inc()
                     return
@@ -290,12 +290,17 @@ class StatWorker(GeventWorker):
         buf = parser.unreader.buf
         return buf.seek(0, io.SEEK_END) > 0
 
-    def _wait_first_byte(self, client, until: float) -> bool:
+    def _wait_first_byte(self, client, until: float, first: bool) -> bool:
         """True once something (a byte, or the peer's close) can be read."""
-        poller = select.poll()  # the standard library's, unpatched: no wait
-        poller.register(client.fileno(), select.POLLIN)
-        if poller.poll(0):
-            return True  # already there: no trip through the event loop
+        if first:
+            # A new connection's request (a probe's) is usually there
+            # already: read it without a trip through the event loop. Not
+            # between requests: a keep-alive client sending back to back
+            # would then keep the worker from its other connections.
+            poller = select.poll()  # the standard library's: it never waits
+            poller.register(client.fileno(), select.POLLIN)
+            if poller.poll(0):
+                return True
         while self.alive:
             remaining = until - time.monotonic()
             if remaining <= 0:
