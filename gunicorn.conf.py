@@ -17,8 +17,14 @@ metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+# gevent-based: a slow or idle connection costs a greenlet, not a worker; the
+# whole request is read under REQUEST_READ_TIMEOUT before the app runs, and
+# at most MAX_IN_FLIGHT requests run at once per worker (README: Slow clients).
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "stat_service.worker.StatWorker")
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+# Connections one worker holds open (idle and slow ones too) before it stops
+# accepting; the others accept meanwhile.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # Redis calls give up after about a second, far inside this.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 # On SIGTERM, requests in flight get this long to finish.

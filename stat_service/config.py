@@ -65,6 +65,9 @@ class Settings:
     JWT_CACHE_SIZE: int = 10000
     JWT_CACHE_SECONDS: float = 60.0
     RETRY_AFTER_SECONDS: int = 1
+    REQUEST_READ_TIMEOUT: float = 10.0
+    MAX_IN_FLIGHT: int = 8
+    QUEUE_TIMEOUT: float = 1.0
     EMBEDDED_REDIS: bool = False
     LOG_LEVEL: str = "INFO"
     LOG_FORMAT: str = "json"
@@ -94,6 +97,9 @@ _CONVERTERS = {
     "JWT_CACHE_SIZE": int,
     "JWT_CACHE_SECONDS": float,
     "RETRY_AFTER_SECONDS": int,
+    "REQUEST_READ_TIMEOUT": float,
+    "MAX_IN_FLIGHT": int,
+    "QUEUE_TIMEOUT": float,
     "EMBEDDED_REDIS": _bool,
 }
 
@@ -169,6 +175,14 @@ def _check(s: Settings) -> None:
             "REDIS_WAIT_TIMEOUT_MS must be positive and below REDIS_SOCKET_TIMEOUT "
             f"({s.REDIS_SOCKET_TIMEOUT * 1000:g} ms), or WAIT would outlast the "
             "socket timeout"
+        )
+    if s.REQUEST_READ_TIMEOUT <= 0 or s.QUEUE_TIMEOUT <= 0:
+        raise ConfigError("REQUEST_READ_TIMEOUT and QUEUE_TIMEOUT must be positive")
+    if not 0 < s.MAX_IN_FLIGHT < s.REDIS_MAX_CONNECTIONS:
+        raise ConfigError(
+            "MAX_IN_FLIGHT must be positive and below REDIS_MAX_CONNECTIONS "
+            f"({s.REDIS_MAX_CONNECTIONS}), so that /readyz always finds a Redis "
+            "connection"
         )
     if s.LOG_LEVEL.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError("LOG_LEVEL must be debug, info, warning, error or critical")

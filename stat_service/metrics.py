@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+
+# Method labels are bounded: any token is a method, the rest count as OTHER.
+METHOD_LABELS = frozenset(("GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"))
 
 REQUESTS = Counter(
     "stat_http_requests_total",
@@ -24,4 +27,31 @@ SCRIPT_CALLS = Counter(
     "stat_redis_script_calls_total",
     "Lua script calls, by script and outcome (ok or error).",
     ["script", "outcome"],
+)
+
+# Serving (stat_service/worker.py): live gauges are summed over live workers.
+CONNECTIONS_OPEN = Gauge(
+    "stat_connections_open",
+    "Client connections open, idle and slow ones included.",
+    multiprocess_mode="livesum",
+)
+REQUESTS_IN_FLIGHT = Gauge(
+    "stat_requests_in_flight",
+    "Requests running in the app (at most MAX_IN_FLIGHT per worker).",
+    multiprocess_mode="livesum",
+)
+REQUESTS_QUEUED = Gauge(
+    "stat_requests_queued",
+    "Requests read whole and waiting for a turn to run.",
+    multiprocess_mode="livesum",
+)
+READ_TIMEOUTS = Counter(
+    "stat_request_read_timeouts_total",
+    "Requests not fully arrived by REQUEST_READ_TIMEOUT: answered 408, or "
+    "closed (a connection that sent nothing).",
+    ["outcome"],
+)
+SHED = Counter(
+    "stat_requests_shed_total",
+    "Requests answered 503 without running: no turn within QUEUE_TIMEOUT.",
 )

@@ -23,14 +23,13 @@ from prometheus_client import (
     multiprocess,
 )
 
-from .metrics import LATENCY, REQUESTS
+from .metrics import LATENCY, METHOD_LABELS, REQUESTS
 
 access_log = logging.getLogger("stat_service.access")
 
 # A client's X-Request-ID is kept when it is short and plain; else a new one.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 UNMATCHED = "<unmatched>"
-_METHODS = frozenset(("GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"))
 
 metrics_bp = Blueprint("metrics", __name__)
 
@@ -79,7 +78,7 @@ def install(app: Flask) -> None:
             rule = request.url_rule
             route = rule.rule if rule is not None else UNMATCHED
         method = environ["REQUEST_METHOD"]
-        if method not in _METHODS:
+        if method not in METHOD_LABELS:
             method = "OTHER"  # any token is a method: keep label values bounded
         status = response.status_code
         key = (route, method, status)

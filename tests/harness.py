@@ -76,7 +76,11 @@ def _read_reply(sock: socket.socket) -> Reply:
         if not chunk:
             break
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return parse_reply(b"".join(chunks))
+
+
+def parse_reply(raw: bytes) -> Reply:
+    """The one reply in ``raw``, all a connection received up to its close."""
     head, sep, body = raw.partition(b"\r\n\r\n")
     assert sep, f"no complete HTTP reply: {raw[:400]!r}"
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
@@ -101,7 +105,7 @@ def exchange(port: int, data: bytes, timeout: float = 10.0) -> Reply:
 
 
 class HeldRequest:
-    """A request whose headers are not finished: it keeps one sync worker busy."""
+    """A request whose headers are not finished yet (the app has not seen it)."""
 
     def __init__(self, port: int, method: str, path: str, headers=()):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
@@ -180,7 +184,7 @@ class Service:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 20.0) -> Service:
-        """/healthz answers, from both workers (so no test waits for a boot)."""
+        """/healthz answers, from two workers (so no test waits for a boot)."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -236,20 +240,71 @@ class Service:
     def on_both_workers(
         self, method: str, path: str, *, headers=(), body: bytes | None = None
     ) -> tuple[Reply, Reply]:
-        """The same request answered once by each of the two sync workers.
+        """The same request answered once by each of two different workers.
 
-        The first request is held unfinished, so the worker that accepted it
-        is busy and the second one must be answered by the other worker.
+        Connections are opened with the request held unfinished until two of
+        them were accepted by different workers (which worker holds a
+        connection is read from /proc); then both requests are finished.
+        The other connections are closed unfinished: nothing of them is run.
         """
         held_headers = list(headers)
         if body is not None:
             held_headers.append(("Content-Length", str(len(body))))
-        held = HeldRequest(self.port, method, path, held_headers)
+        held: dict[int, HeldRequest] = {}
+        spare: list[HeldRequest] = []
         try:
-            other = self.request(method, path, headers=headers, body=body)
+            for _ in range(40):
+                request = HeldRequest(self.port, method, path, held_headers)
+                pid = poll(lambda r=request: self.worker_holding(r.sock), timeout=10)
+                if pid is None or pid in held:
+                    spare.append(request)
+                else:
+                    held[pid] = request
+                if len(held) == 2:
+                    break
+            else:
+                pytest.fail(f"no two workers accepted connections:\n{self.log()}")
         finally:
-            first = held.finish(body or b"")
-        return first, other
+            for request in spare:
+                request.sock.close()
+        first, other = held.values()
+        return first.finish(body or b""), other.finish(body or b"")
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers: the master's children."""
+        found = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(b")") + 2 :].split()[1]) == self.proc.pid:
+                found.append(int(entry.name))
+        return found
+
+    def worker_holding(self, sock: socket.socket) -> int | None:
+        """The worker that accepted this client socket's connection, if any yet."""
+        ours = f"0100007F:{sock.getsockname()[1]:04X}"
+        theirs = f"0100007F:{self.port:04X}"
+        inode = None
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[1] == theirs and fields[2] == ours:
+                    inode = fields[9]  # 0 until a worker has accepted it
+        if not inode or inode == "0":
+            return None
+        target = f"socket:[{inode}]"
+        for pid in self.worker_pids():
+            with contextlib.suppress(OSError):
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                            return pid
+        return None
 
     def put(self, raw_id: str, doc, *, auth=None, **kwargs) -> Reply:
         return self.request("PUT", PATH + raw_id, **self._put_args(doc, auth), **kwargs)

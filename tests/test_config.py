@@ -19,6 +19,7 @@ def test_defaults_are_the_documented_ones():
     assert s.KEY_PREFIX == "stat:"
     assert s.JWT_ADMIN_SCOPE == "stat:admin"
     assert s.REDIS_SOCKET_TIMEOUT == 0.5 and s.REDIS_RETRIES == 1
+    assert s.REQUEST_READ_TIMEOUT == 10
 
 
 def test_environment_then_overrides():
@@ -42,6 +43,10 @@ def test_environment_then_overrides():
         {"REDIS_SOCKET_TIMEOUT": "0"},
         {"REDIS_RETRIES": "-1"},
         {"REDIS_CLUSTER": "perhaps"},
+        {"REQUEST_READ_TIMEOUT": "0"},
+        {"QUEUE_TIMEOUT": "-1"},
+        {"MAX_IN_FLIGHT": "32"},  # REDIS_MAX_CONNECTIONS: none left for /readyz
+        {"MAX_IN_FLIGHT": "0"},
     ],
     ids=lambda e: next(iter(e)),
 )

@@ -8,6 +8,7 @@ Run with ``-s`` to see the measured 503 latencies and script executions.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -235,11 +236,13 @@ def test_blackhole_is_prompt_503_healthz_200_and_recovers_without_restart(
 def test_blackhole_under_concurrent_load_answers_every_request_with_503(svc, proxy):
     """8 clients against 2 workers for 3 s: every request gets a JSON 503.
 
-    Each request costs the service about a second (two 0.5 s socket timeouts),
-    so a client queued behind others waits several seconds: the promptness
-    bound is the server-side latency histogram (every request under 2.5 s, the
-    bucket below PROMPT); on the client side no request waits longer than its
-    share of the queue, far from gunicorn's 30 s worker timeout.
+    Each request costs the service one to two seconds (0.5 s socket timeouts;
+    two more when a new connection must be set up, which every request beyond
+    the pooled connections needs), so a client queued behind others waits
+    several seconds: the promptness bound is the server-side duration of each
+    request in the service's request log (under PROMPT); on the client side no
+    request waits longer than its share of the queue, far from gunicorn's 30 s
+    worker timeout.
     """
     threads_n, duration = 8, 3.0
     sub = unique()
@@ -249,7 +252,6 @@ def test_blackhole_under_concurrent_load_answers_every_request_with_503(svc, pro
         lambda: svc.request("GET", "/readyz"),
     ]
     replies, failures = [], []
-    before = metrics(svc)
     proxy.mode = "blackhole"
     stop_at = time.monotonic() + duration
 
@@ -267,7 +269,6 @@ def test_blackhole_under_concurrent_load_answers_every_request_with_503(svc, pro
         thread.start()
     for thread in workers:
         thread.join()
-    after = metrics(svc)
 
     assert not failures, failures
     assert len(replies) >= threads_n, replies
@@ -275,16 +276,19 @@ def test_blackhole_under_concurrent_load_answers_every_request_with_503(svc, pro
         assert_503_shape(reply)
     queue_bound = threads_n // WORKERS * PROMPT
     assert max(r.elapsed for r in replies) < queue_bound, replies
-    name = "stat_http_request_duration_seconds"
+    # Server side, each 503 took under PROMPT (the app's own request log).
+    answered = [
+        entry
+        for entry in map(json.loads, svc.log().splitlines())  # JSON lines only
+        if entry.get("logger") == "stat_service.access" and entry["status"] == 503
+    ]
     for route, method in [("/readyz", "GET"), (PATH, "GET"), (PATH, "PUT")]:
-        labels = {"route": route, "method": method}
-        count = metric(after, f"{name}_count", **labels) - metric(
-            before, f"{name}_count", **labels
-        )
-        fast = metric(after, f"{name}_bucket", le="2.5", **labels) - metric(
-            before, f"{name}_bucket", le="2.5", **labels
-        )
-        assert count > 0 and fast == count, (route, method, count, fast)
+        took = [
+            e["duration_ms"] / 1000
+            for e in answered
+            if e["method"] == method and e["route"].startswith(route)
+        ]
+        assert took and max(took) < PROMPT, (route, method, sorted(took))
     report("blackhole, 8 concurrent clients", replies)
 
 
