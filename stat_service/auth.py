@@ -153,6 +153,10 @@ class _JWKSClient(jwt.PyJWKClient):
                 outcome["error"] = jwt.PyJWKClientConnectionError(
                     f"unusable JWKS answer: {exc}"
                 )
+            except Exception as exc:  # e.g. a reset while the answer is read
+                outcome["error"] = jwt.PyJWKClientConnectionError(
+                    f"JWKS fetch failed: {type(exc).__name__}: {exc}"
+                )
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()

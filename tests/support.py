@@ -149,12 +149,16 @@ def delete_prefix(client, prefix: str) -> None:
 
 def close_client(client) -> None:
     """Close a client, and for a RedisCluster also what its close() leaves
-    open: redis-py 8.1 keeps the connection to its seed node outside the node
-    cache that close() closes, and the socket's ResourceWarning later fails
-    whichever test runs when the garbage collector finds it
+    open (redis-py 8.1): the connection to its seed node, and connections of
+    the node pools a long SCAN used. Their sockets' ResourceWarning would
+    later fail whichever test runs when the garbage collector finds them
     (filterwarnings = error)."""
     client.close()
     manager = getattr(client, "nodes_manager", None)
-    for node in manager.startup_nodes.values() if manager is not None else ():
-        if node.redis_connection is not None:
-            node.redis_connection.close()
+    if manager is None:
+        return
+    for nodes in (manager.nodes_cache, manager.startup_nodes):
+        for node in nodes.values():
+            if node.redis_connection is not None:
+                # close() leaves pooled connections of a multi-round SCAN
+                node.redis_connection.connection_pool.disconnect()
