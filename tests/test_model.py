@@ -1,11 +1,13 @@
 """Model-based test: random valid, invalid and unauthorized requests.
 
-A hypothesis state machine drives the HTTP API (both backends, via the
-``client`` fixture) for ten subscribers whose ids come in confusable pairs
-(case; ``/`` and a literal ``%2F``; ``{`` and a literal ``%7B``; NFC and NFD;
-256 characters differing in the last), and checks every answer and the
-stored state against a small reference model of API.md sections 1-6, written
-here from the contract without any helper of ``stat_service``. It proves that:
+A hypothesis state machine drives the HTTP API (fakeredis, a real Redis and
+a real Redis Cluster, via the ``redis_client`` fixture; each under both
+``HISTORY_FULL`` settings) for ten subscribers whose ids come in confusable
+pairs (case; ``/`` and a literal ``%2F``; ``{`` and a literal ``%7B``; NFC and
+NFD; 256 characters differing in the last), and checks every answer and the
+stored state against a small reference model of API.md sections 1-6, 8 and
+9, written here from the contract without any helper of ``stat_service``. It
+proves that:
 
 - valid PUTs (delta and overwrite), GETs, DELETEs and GET-then-overwrite
   round trips, with the subscriber's own token or an admin one, several path
@@ -13,23 +15,43 @@ here from the contract without any helper of ``stat_service``. It proves that:
   MAX_BODY_BYTES bytes, with or without a Content-Length), leave exactly the
   state the model predicts: GET of the subscriber and of its confusable twin
   after every write;
+- the bounds of section 8 hold exactly, with small ``MAX_RECORDS`` and
+  ``MAX_FAVORITES`` that the app is rebuilt with at random moments (so
+  histories also sit above a lowered bound): a write that would add records
+  past the bound is 409 with nothing written (``reject``) or evicts the least
+  recently played records not written by it (``evict``), a request that alone
+  passes a bound is 409 under both, writes that add nothing always pass, and
+  every write's 200 says how many records it evicted;
+- the activity family of section 9 (favorite add and remove, watch mark and
+  remove, pause time set and get, review; parameters in the query or a form
+  body) answers exactly what the model predicts and writes the same history,
+  and its three lists (fav, watch, continue) walked page by page with
+  ``limit`` and ``after`` give the model's pages, ``total`` and ``next``, also
+  while other writes happen between the pages; a walk returns every item
+  that did not change during it exactly once, in order;
 - an invalid request (one defect from about two hundred: wrong types,
   bounds, unknown fields, bad asset ids, duplicate keys, malformed JSON, NaN,
   bad encodings, content types, MAX_ITEMS, MAX_BODY_BYTES, isDelta values,
-  query parameters, ids in the path, methods), in a random mode on a random
+  query parameters, ids in the path, methods; on the activity paths unknown,
+  repeated and bad parameters, forged cursors, bad form bodies, media types,
+  unknown lists, wrong segment counts, methods), in a random mode on a random
   body, gets its documented 4xx in the MetaX error shape and changes not one
   stored byte;
 - a request of any method with another subscriber's token, an expired,
   forged, unsigned or unpinned-algorithm token, or none, gets 401 or 403
-  whatever else it carries, with an answer that does not depend on the
-  target, and changes nothing for either subscriber;
-- after every refused request, the keys under the test's prefix are one
-  sorted set per subscriber with favorites and one hash per subscriber with
-  records (no stray keys, no two ids sharing a key).
+  whatever else it carries (activity paths included), with an answer that
+  does not depend on the target, and changes nothing for either subscriber;
+- after every step, the keys under the test's prefix are exactly the
+  model's: one sorted set per subscriber with favorites (members in order,
+  positions rising; the favorites a write leaves alone keep theirs, the
+  others' are learned, see ``ReferenceModel``) and one hash per subscriber
+  with records (fields and encoded values), in the key schema and record
+  encoding documented in ``stat_service/store.py``.
 
 Run it longer by hand with environment variables (``-s`` prints the counts):
 
-    STAT_MODEL_EXAMPLES  number of request sequences (default 40)
+    STAT_MODEL_EXAMPLES  request sequences per backend and HISTORY_FULL
+                         setting (default 20)
     STAT_MODEL_STEPS     steps per sequence (default 30)
 
 e.g. ``STAT_MODEL_EXAMPLES=500 STAT_MODEL_STEPS=60 pytest -s tests/test_model.py``.
@@ -39,6 +61,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import copy
 import hashlib
 import hmac
 import io
@@ -49,7 +72,7 @@ import time
 import unicodedata
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -58,21 +81,28 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
+    invariant,
     precondition,
     rule,
     run_state_machine_as_test,
 )
 
+from stat_service import create_app
 from tests.conftest import PATH, SECRET, bearer, make_token
 from tests.support import MESSAGES
 
 # conftest: the redis_client fixture also runs on a real 6-node Redis Cluster.
 ALSO_ON_CLUSTER = True
-EXAMPLES = int(os.environ.get("STAT_MODEL_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("STAT_MODEL_EXAMPLES", "20"))
 STEPS = int(os.environ.get("STAT_MODEL_STEPS", "30"))
 # Small limits, so that valid bodies reach them and invalid ones pass them.
 MAX_ITEMS = 6
 MAX_BODY_BYTES = 4096
+# MAX_RECORDS and MAX_FAVORITES are drawn per sequence from this range, and
+# redrawn when the app is rebuilt mid-sequence (never above MAX_ITEMS).
+FIRST_BOUNDS = st.integers(3, MAX_ITEMS)
+LATER_BOUNDS = st.integers(1, MAX_ITEMS)
 
 # Confusable pairs (each id's twin is its neighbour): case; "/" and " "
 # against a literal "%2F" and "%20" (a double decoding would merge them);
@@ -94,8 +124,24 @@ SUBSCRIBERS = (
 )
 TWIN = {name: SUBSCRIBERS[i ^ 1] for i, name in enumerate(SUBSCRIBERS)}
 # Record separators, and ids whose code-point order differs from their UTF-16
-# order (U+FF5E < U+1F600), for the asset_id tie-break.
-ASSETS = ("a", "b", "B", "a1", "-", "x|y", "{t}", "é", "\uff5e", "\U0001f600")
+# order (U+FF5E < U+1F600), for the asset_id tie-break; "a/b" and a literal
+# "a%2Fb" are one path segment each on the activity paths; "?&=#" would
+# split a query or a form body if sent unescaped.
+ASSETS = (
+    "a",
+    "b",
+    "B",
+    "a1",
+    "-",
+    "x|y",
+    "{t}",
+    "é",
+    "\uff5e",
+    "\U0001f600",
+    "a/b",
+    "a%2Fb",
+    "?&=#",
+)
 INT_FIELDS = ("play_count", "view_time", "pause_time")
 COUNT_FIELDS = (*INT_FIELDS, "last_played_on")
 RECORD_FIELDS = ("asset_id", *COUNT_FIELDS, "user_rating")
@@ -117,6 +163,9 @@ ADMIN_TOKENS = {
 }
 WRONG_SECRET = "a-different-secret-that-is-32-bytes-or-more"
 
+# Half the requests go to the first pair, so that its histories reach the
+# bounds; the others keep the confusable pairs apart.
+names = st.sampled_from(SUBSCRIBERS[:2]) | st.sampled_from(SUBSCRIBERS)
 asset_ids = st.sampled_from(ASSETS)
 counts = st.sampled_from([0, 1, 7, 3600, 2**53 - 1]) | st.integers(0, 2**53 - 1)
 # Few distinct times, so ties (broken by asset id) are frequent.
@@ -160,7 +209,7 @@ spellings = st.sampled_from(["@", "", "@/{}:", "lower"])
 token_kinds = st.sampled_from(["own", *ADMIN_TOKENS])
 # What a valid PUT draws besides its isDelta value.
 put_strategies = {
-    "name": st.sampled_from(SUBSCRIBERS),
+    "name": names,
     "body": bodies,
     "with_user_id": st.booleans(),
     "ascii_only": st.booleans(),
@@ -170,29 +219,131 @@ put_strategies = {
     "framing": framings,
 }
 
+# --- the activity family (section 9) -----------------------------------------
+
+ACTIVITY = "/metax/2.1/activity/"
+FORM = "application/x-www-form-urlencoded"
+PAUSE_IGNORED_BELOW_MS = 10_000
+LISTS = ("fav", "watch", "continue")
+# (list, ids in the path) -> method -> the parameters it takes besides `type`.
+ACTIVITY_ROUTES = {
+    ("fav", 1): {"GET": ("limit", "after")},
+    ("fav", 2): {"PUT": (), "DELETE": ()},
+    ("watch", 1): {"GET": ("limit", "after")},
+    ("watch", 2): {"PUT": ("last_played_on",), "DELETE": ()},
+    ("continue", 1): {"GET": ("limit", "after")},
+    ("pausetime", 2): {"GET": (), "PUT": ("time",)},
+    ("review", 2): {"PUT": ("score",)},
+}
+TYPES = ("vod", "episodic", "episode")
+# An id is one path segment: "/" is always escaped; the others as drawn.
+segment_spellings = st.sampled_from(["", "@", "@{}:|", "lower"])
+# How an activity request travels: the token, the path spelling, MetaX's
+# ignored `type`, which parameters of a PUT or DELETE go in a form body
+# (the others in the query) and the form body's media type.
+activity_how = st.fixed_dictionaries(
+    {
+        "token": token_kinds,
+        "spelling": segment_spellings,
+        "type": st.sampled_from([None, None, None, *TYPES]),
+        "in_body": st.sets(
+            st.sampled_from(["time", "last_played_on", "score", "type"])
+        ),
+        "form_type": st.sampled_from(
+            [FORM, f"{FORM}; charset=utf-8", f"{FORM};charset=UTF-8"]
+        ),
+    }
+)
+pause_times = st.sampled_from(
+    [0, 1, 999, 9_999, 10_000, 10_001, 10_999, 754_000, 2**53 - 1]
+) | st.integers(0, 2**53 - 1)
+# `limit` of a page: None (the default, 50: one page here), small ones so
+# that walks take several pages, and the largest.
+page_limits = st.sampled_from([None, 1, 1, 2, 2, 3, 5, 500])
+
+
+@st.composite
+def scores(draw) -> tuple[str, int | float]:
+    """A `score` parameter as sent and the JSON value it stands for."""
+    value = draw(ratings)
+    text = json.dumps(value)
+    if isinstance(value, float) and "e" not in text and draw(st.booleans()):
+        text += "0"  # 2.50 is 2.5, 4.00 is 4.0: still a float
+    return text, value
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """MAX_RECORDS, MAX_FAVORITES and HISTORY_FULL=evict of the app in use."""
+
+    max_records: int
+    max_favorites: int
+    evict: bool
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A 409: the reason names one of these (setting, count, hint): the
+    bound, the count the history would reach, and how to make room."""
+
+    options: tuple[tuple[str, int, str], ...]
+
+
+def recency(asset_id: str, fields: dict) -> tuple[int, str]:
+    """A record's place in the order of section 2, as a sort key: most
+    recently played first, never played last, then asset id (code points)."""
+    return (-fields.get("last_played_on", -1), asset_id)
+
 
 class ReferenceModel:
-    """One subscriber's history as API.md describes it."""
+    """One subscriber's history as API.md describes it.
+
+    ``favorites`` maps each guid to its position in the list (what a page
+    cursor names), in stored order. API.md fixes only what a walk needs:
+    the favorites a write leaves alone keep their positions (an add, a
+    removal, a delta without favorites, and a whole list sent again whose
+    staying favorites keep their order), an added one goes after them all,
+    and positions rise in list order. The values the service picks for the
+    others are learned from the store after the write (``None`` until then).
+    """
 
     def __init__(self):
-        self.favorites: list[str] = []
+        self.favorites: dict[str, float | None] = {}
         self.assets: dict[str, dict] = {}
 
-    def copy(self) -> ReferenceModel:
-        other = ReferenceModel()
-        other.favorites = list(self.favorites)
-        other.assets = {asset: dict(fields) for asset, fields in self.assets.items()}
-        return other
+    # --- writes: each returns a Conflict (nothing changed) or what a 200 says
 
-    def put(self, body: dict, *, delta: bool) -> None:
-        if not delta:
-            self.favorites, self.assets = [], {}
+    def put(self, body: dict, *, delta: bool, bounds: Bounds) -> Conflict | int:
+        """A PUT of section 1; the records evicted to make room, or a Conflict."""
+        written = list(dict.fromkeys(o["asset_id"] for o in body.get("view_data", [])))
+        favorites = None
         if "favorites" in body:
-            kept: list[str] = []
-            for guid in body["favorites"]:
-                if guid not in kept:
-                    kept.append(guid)
-            self.favorites = kept
+            favorites = list(dict.fromkeys(body["favorites"]))
+        options = []
+        # A request that alone writes more than a bound: 409 in both modes.
+        if len(written) > bounds.max_records:
+            options.append(("MAX_RECORDS", len(written), ""))
+        if favorites is not None and len(favorites) > bounds.max_favorites:
+            options.append(("MAX_FAVORITES", len(favorites), ""))
+        victims: list[str] = []
+        if delta:
+            added = [a for a in written if a not in self.assets]
+            reach = len(self.assets) + len(added)
+            if added and reach > bounds.max_records:
+                if bounds.evict and not options:
+                    victims = self.least_recent(reach - bounds.max_records, written)
+                elif not bounds.evict:
+                    # Room is made by removing records or by an overwrite.
+                    options.append(("MAX_RECORDS", reach, "isDelta=false"))
+        if options:
+            return Conflict(tuple(options))
+        if not delta:
+            self.assets = {}
+            favorites = favorites or []
+        if favorites is not None:
+            self.favorites = self.replaced(favorites)
+        for asset in victims:
+            del self.assets[asset]
         for obj in body.get("view_data", []):
             record = self.assets.setdefault(obj["asset_id"], {})
             for name, value in obj.items():
@@ -202,21 +353,80 @@ class ReferenceModel:
                     record[name] = value
                 elif delta:  # null removes in delta mode, is absent in overwrite
                     record.pop(name, None)
+        return len(victims)
+
+    def least_recent(self, count: int, spared) -> list[str]:
+        """The ``count`` records eviction removes: never played first, then
+        the oldest, ties by asset id; never one of ``spared``."""
+        candidates = [a for a in self.assets if a not in spared]
+        candidates.sort(key=lambda a: (self.assets[a].get("last_played_on", -1), a))
+        assert count <= len(candidates)  # the request alone is within the bound
+        return candidates[:count]
+
+    def set_field(self, asset: str, name: str, value, bounds: Bounds):
+        """An activity PUT of one field: a delta PUT of that one field."""
+        body = {"view_data": [{"asset_id": asset, name: value}]}
+        return self.put(body, delta=True, bounds=bounds)
+
+    def add_favorite(self, guid: str, bounds: Bounds) -> Conflict | bool:
+        if guid in self.favorites:
+            return False
+        if len(self.favorites) + 1 > bounds.max_favorites:
+            return Conflict((("MAX_FAVORITES", len(self.favorites) + 1, ""),))
+        self.favorites[guid] = None  # after all the others: learned
+        return True
+
+    def replaced(self, favorites: list[str]) -> dict:
+        """The positions after the whole list is replaced by ``favorites``:
+        when the favorites that stay keep their order, they keep their
+        positions (a walk across the write must not lose or repeat them);
+        the others, and all of them after a reordering, are learned."""
+        old = self.favorites
+        staying = [old[g] for g in favorites if g in old]
+        kept = None not in staying and staying == sorted(set(staying))
+        return {g: old[g] if kept and g in old else None for g in favorites}
+
+    def remove_favorite(self, guid: str) -> bool:
+        return self.favorites.pop(guid, None) is not None
+
+    def remove_record(self, asset: str) -> bool:
+        return self.assets.pop(asset, None) is not None
+
+    # --- reads ------------------------------------------------------------------
 
     def view_data(self) -> list[dict]:
-        played = [a for a in self.assets.items() if "last_played_on" in a[1]]
-        never = [a for a in self.assets.items() if "last_played_on" not in a[1]]
-        played.sort(key=lambda item: item[0])
-        played.sort(key=lambda item: item[1]["last_played_on"], reverse=True)
-        never.sort(key=lambda item: item[0])
-        return [{"asset_id": a, **fields} for a, fields in played + never]
+        """Section 2's view_data: every record, most recently played first."""
+        order = sorted(self.assets, key=lambda a: recency(a, self.assets[a]))
+        return [{"asset_id": a, **self.assets[a]} for a in order]
+
+    def pause_ms(self, asset: str) -> int:
+        return self.assets.get(asset, {}).get("pause_time", 0) * 1000
+
+    def items(self, kind: str) -> list[tuple]:
+        """A list of section 9 in its order: (position, key, item shown)."""
+        if kind == "fav":
+            return [(pos, guid, guid) for guid, pos in self.favorites.items()]
+        if kind == "watch":
+            member = [a for a, f in self.assets.items() if "last_played_on" in f]
+        else:
+            member = [a for a, f in self.assets.items() if f.get("pause_time", 0) > 0]
+        member.sort(key=lambda a: recency(a, self.assets[a]))
+        return [
+            (recency(a, self.assets[a]), a, {"asset_id": a, **self.assets[a]})
+            for a in member
+        ]
+
+    def watched(self, kind: str) -> dict:
+        """What a walk of the list watches for changes: key -> what it shows
+        (and, for favorites, where it stands)."""
+        return {key: exact((pos, item)) for pos, key, item in self.items(kind)}
 
 
 def exact(value):
     """Comparable form in which 3 and 3.0 (and -0.0 and 0.0) differ."""
     if isinstance(value, dict):
         return {key: exact(item) for key, item in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [exact(item) for item in value]
     if isinstance(value, float):
         return ("float", repr(value))
@@ -225,6 +435,25 @@ def exact(value):
     if isinstance(value, int):
         return ("int", value)
     return value
+
+
+def stored_record(fields: dict) -> bytes:
+    """A record as store.py documents its encoding: the five fields in order,
+    ints as decimal, ratings as the shortest repr, "|" between, trailing
+    empty slots dropped."""
+    slots = []
+    for name in COUNT_FIELDS + ("user_rating",):
+        value = fields.get(name)
+        slots.append("" if value is None else json.dumps(value))
+    return "|".join(slots).rstrip("|").encode()
+
+
+def hash_tag(subscriber_id: str) -> str:
+    """The subscriber's hash tag as store.py documents it."""
+    escaped = subscriber_id.translate(
+        {ord("%"): "%25", ord("{"): "%7B", ord("}"): "%7D"}
+    )
+    return "{" + escaped + "}"
 
 
 # --- JSON text with the flaws json.dumps cannot write ------------------------
@@ -432,6 +661,7 @@ class Expected:
     status: int = 400
     errors_at: tuple[str, ...] | None = None  # a path into the "errors" member
     named: str | None = None  # a name the reason must contain
+    allow: tuple[str, ...] = ("GET", "PUT", "DELETE")  # a 405's Allow holds these
 
 
 def assert_error(response, status: int) -> dict:
@@ -751,7 +981,161 @@ def json_defect(draw, kind: str, body: dict, own_id: str) -> tuple[bytes, Expect
     return encode({key: nested(depth)}).encode(), Expected(f"nesting {depth} in {key}")
 
 
-def state_machine(client, snapshot, stats: Counter, reasons: dict):
+# --- defects of the activity family (section 9) -------------------------------
+
+BAD_PARAMETER_VALUES = {
+    "limit": ["0", "501", "1000", "-1", "", "x", "1.0", "1e2", " 5", "5 ", "+5"],
+    "time": [
+        "-1",
+        "1.5",
+        "10000.0",
+        "1e4",
+        "",
+        "x",
+        "9007199254740992",
+        "true",
+        "null",
+        "10000 ",
+        "0x2710",
+        '"10000"',
+        "NaN",
+    ],
+    "last_played_on": ["-1", "1.5", "1e12", "", "x", "9007199254740992", "true"],
+    "score": [
+        "-0.1",
+        "5.000001",
+        "6",
+        "1e400",
+        "NaN",
+        "Infinity",
+        "true",
+        "",
+        "x",
+        "4,5",
+        '"4"',
+        "null",
+        "[4]",
+    ],
+}
+BAD_TYPES = ["", "VOD", "movie", "vod ", "episodes", "vod,episode", "series"]
+UNKNOWN_PARAMETERS = [
+    "x",
+    "Time",
+    "TYPE",
+    "Limit",
+    "isDelta",
+    "limit",
+    "after",
+    "time",
+    "score",
+    "last_played_on",
+    "asset_id",
+    "offset",
+    "user_id",
+]
+# A body a PUT or DELETE here may not have: its media type, and the bytes.
+NOT_FORM_BODIES = [
+    (None, b"type=vod"),
+    ("application/json", b'{"type": "vod"}'),
+    ("text/plain", b"type=vod"),
+    ("multipart/form-data; boundary=x", b"--x--"),
+    (f"{FORM}; charset=latin-1", b"type=vod"),
+    (f"{FORM}; foo=bar", b"type=vod"),
+]
+BAD_FORMS = [b"type", b"type=vod&", b"&", b"type=%FF", b"\xff=1", b"type=v\x00d"]
+UNKNOWN_LISTS = ["favorites", "Fav", "FAV", "history", "pause", "reviews", "Continue"]
+FORGED_CURSORS = [
+    "",
+    "x",
+    "AAAA",
+    "!!!!",
+    "a" * 1025,
+    base64.urlsafe_b64encode(b"\x01\x01" + bytes(40)).rstrip(b"=").decode(),
+]
+ACTIVITY_DEFECTS = (
+    "unknown-parameter",
+    "repeated-parameter",
+    "bad-type",
+    "bad-value",
+    "missing-value",
+    "forged-cursor",
+    "get-with-body",
+    "media-type",
+    "bad-form",
+    "bad-asset-id",
+)
+# Answered before authentication (and so left out of the bad-token requests).
+ROUTING_DEFECTS = ("unknown-list", "segments", "method")
+
+
+def segment(text: str, spelling: str = "") -> str:
+    """One path segment: ``text`` percent-encoded, ``spelling`` left as is, or
+    "lower" for lower-case escapes."""
+    if spelling == "lower":
+        return re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote(text, ""))
+    return quote(text, safe=spelling)
+
+
+# The activity endpoints: (list, ids in the path, method, parameters).
+ENDPOINTS = [
+    (lst, ids, method, params)
+    for (lst, ids), methods in ACTIVITY_ROUTES.items()
+    for method, params in methods.items()
+]
+VALID_PARAMETERS = {
+    "time": "754000",
+    "score": "3.5",
+    "last_played_on": "1764000000000",
+    "limit": "2",
+}
+
+
+def defect_fits(kind: str, endpoint) -> bool:
+    """Whether an endpoint can carry an activity defect of ``kind``."""
+    _, ids, method, params = endpoint
+    if kind == "bad-value":
+        return bool(set(params) & set(BAD_PARAMETER_VALUES))
+    if kind == "missing-value":
+        return bool(set(params) & {"time", "score"})
+    if kind == "forged-cursor":
+        return "after" in params
+    if kind == "get-with-body":
+        return method == "GET"
+    if kind in ("media-type", "bad-form"):
+        return method != "GET"
+    if kind == "bad-asset-id":
+        return ids == 2
+    return True
+
+
+@dataclass
+class Walk:
+    """A walk through one list of one subscriber, a page at a time."""
+
+    kind: str
+    name: str
+    limit: int | None
+    token: str
+    spelling: str
+    start: dict  # the list when the walk began: key -> what it showed
+    type: str | None = None  # MetaX's `type`, sent with every page
+    last: dict = field(default_factory=dict)  # the list after the last step
+    changed: set = field(default_factory=set)  # keys that changed meanwhile
+    seen: list = field(default_factory=list)  # keys of the pages, in order
+    after: str | None = None  # the `next` of the last page
+    place: object = None  # the model position that `next` names
+    done: bool = False
+    steps_at_last_page: int = 0
+    interleaved: bool = False  # other steps ran between its pages
+
+    def note(self, now: dict) -> None:
+        for key in self.last.keys() | now.keys():
+            if self.last.get(key) != now.get(key):
+                self.changed.add(key)
+        self.last = now
+
+
+def state_machine(client_for, evict: bool, snapshot, prefix, stats: Counter, reasons):
     class StatApiMachine(RuleBasedStateMachine):
         def __init__(self):
             super().__init__()
@@ -762,18 +1146,78 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
             self.tokens = {
                 name: make_token(sub, ttl=DAY) for name, sub in self.ids.items()
             }
+            self.bounds = Bounds(MAX_ITEMS, MAX_ITEMS, evict)
+            self.client = client_for(self.bounds)
+            self.walks: list[Walk] = []  # open walks, at most three
+            self.cursors: list[tuple[str, str, str]] = []  # (list, name, next)
             stats["examples"] += 1
+
+        # --- the app in use ---------------------------------------------------
+
+        @initialize(
+            max_records=FIRST_BOUNDS, max_favorites=FIRST_BOUNDS, data=st.data()
+        )
+        def first_bounds(self, max_records, max_favorites, data):
+            """The app's first bounds, and the first pair's histories filled
+            to about them (an overwrite each), so that adds meet the bound and
+            lists take several pages from the first step on."""
+            self.bounds = Bounds(max_records, max_favorites, evict)
+            self.client = client_for(self.bounds)
+            for name in SUBSCRIBERS[:2]:
+                view = st.lists(
+                    records,
+                    min_size=max_records - 1,
+                    max_size=max_records,
+                    unique_by=lambda r: r["asset_id"],
+                )
+                favorites = st.lists(
+                    asset_ids, min_size=max_favorites - 2, max_size=max_favorites
+                )
+                body = {
+                    "favorites": data.draw(favorites, label="favorites"),
+                    "view_data": data.draw(view, label="view_data"),
+                }
+                req = Request(
+                    "PUT",
+                    self.path(name),
+                    query="isDelta=false",
+                    content_type="application/json",
+                    data=json.dumps(body).encode(),
+                )
+                self.models[name].put(body, delta=False, bounds=self.bounds)
+                response = self.send(req, ADMIN)
+                assert response.status_code == 200, response.get_json()
+            # Each sequence begins with a walk, a page of one, of a list of
+            # two items or more, with writes between its pages.
+            self.stored_state_is_the_model()  # learns the positions
+            long = [k for k in LISTS if len(self.models[SUBSCRIBERS[0]].items(k)) > 1]
+            if long:
+                kind = data.draw(st.sampled_from(long), label="list")
+                self.walk_start(kind, 1, "own", "", "writes", data)
+
+        @rule(max_records=LATER_BOUNDS, max_favorites=LATER_BOUNDS)
+        def rebuild_app(self, max_records, max_favorites):
+            """The service restarts with other bounds: histories may now be
+            above them (section 8), and open walks go on (same cursor key)."""
+            stats["steps"] += 1
+            stats["app rebuilds"] += 1
+            lowered = max_records < max(
+                (len(m.assets) for m in self.models.values()), default=0
+            )
+            stats["rebuilds below a stored history"] += lowered
+            self.bounds = Bounds(max_records, max_favorites, evict)
+            self.client = client_for(self.bounds)
 
         # --- requests ---------------------------------------------------------
 
         def path(self, name: str, spelling: str = "@") -> str:
             if spelling == "lower":
-                encoded = re.sub(
-                    "%[0-9A-F]{2}", lambda m: m[0].lower(), quote(self.ids[name], "")
-                )
-            else:
-                encoded = quote(self.ids[name], safe=spelling)
-            return PATH + encoded
+                return PATH + segment(self.ids[name], "lower")
+            return PATH + quote(self.ids[name], safe=spelling)
+
+        def activity_path(self, kind, name, asset=None, spelling="") -> str:
+            path = f"{ACTIVITY}{kind}/{segment(self.ids[name], spelling)}"
+            return path if asset is None else f"{path}/{segment(asset, spelling)}"
 
         def headers(self, name: str, token: str) -> dict:
             if token == "own":
@@ -792,7 +1236,7 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
             elif req.data is not None:
                 kwargs["data"] = req.data
             url = req.path + ("" if req.query is None else "?" + req.query)
-            response = client.open(url, **kwargs)
+            response = self.client.open(url, **kwargs)
             stats[f"status {response.status_code}"] += 1
             return response
 
@@ -803,7 +1247,7 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
             expected = {
                 "result": "success",
                 "subscriber_id": self.ids[name],
-                "favorites": model.favorites,
+                "favorites": list(model.favorites),
                 "view_data": model.view_data(),
             }
             assert exact(response.get_json()) == exact(expected)
@@ -817,6 +1261,61 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
                 zset=sum(bool(m.favorites) for m in self.models.values()),
                 hash=sum(bool(m.assets) for m in self.models.values()),
             ), after
+
+        def answer(self, name, req: Request, token, outcome, fields: dict):
+            """Send a write: a predicted Conflict must be its 409 with nothing
+            written, else the 200 must be ``fields``; then GET both twins."""
+            if isinstance(outcome, Conflict):
+                before = snapshot()
+                response = self.send(req, self.headers(name, token))
+                payload = assert_error(response, 409)
+                reason = payload["reason"]
+                assert any(
+                    setting in reason
+                    and re.search(rf"\b{count}\b", reason)
+                    and hint in reason
+                    for setting, count, hint in outcome.options
+                ), (outcome, payload)
+                stats[f"409 {outcome.options[-1][0]}"] += 1
+                assert snapshot() == before
+            else:
+                response = self.send(req, self.headers(name, token))
+                assert response.status_code == 200, (req, response.get_json())
+                expected = {"result": "success", "subscriber_id": self.ids[name]}
+                assert exact(response.get_json()) == exact({**expected, **fields})
+                stats["evicted records"] += fields.get("evicted", 0)
+            self.check(name)
+            self.check(TWIN[name])
+
+        @invariant()
+        def stored_state_is_the_model(self):
+            """Every key under the prefix, member, position, field and value
+            is the model's (key schema and encoding of store.py); the
+            favorites' positions the model leaves open are learned here."""
+            stored = snapshot()
+            expected = {}
+            for name, model in self.models.items():
+                base = (prefix + hash_tag(self.ids[name])).encode()
+                if model.favorites:
+                    key = base + b":fav"
+                    kind, members = stored.get(key, (None, []))
+                    assert [g.decode() for g, _ in members] == list(model.favorites)
+                    positions = [p for _, p in members]
+                    assert positions == sorted(set(positions)), members  # rising
+                    for (guid, position), known in zip(
+                        members, model.favorites.values(), strict=True
+                    ):
+                        assert known in (None, position), (guid, known, position)
+                        model.favorites[guid.decode()] = position
+                    expected[key] = ("zset", members)
+                if model.assets:
+                    fields_ = {
+                        a.encode(): stored_record(f) for a, f in model.assets.items()
+                    }
+                    expected[base + b":view"] = ("hash", fields_)
+            assert stored == expected
+            for walk in self.walks:
+                walk.note(self.models[walk.name].watched(walk.kind))
 
         # --- valid requests ---------------------------------------------------
 
@@ -857,28 +1356,24 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
                 data=data,
                 chunked=framing.startswith("chunked"),
             )
-            response = self.send(req, self.headers(name, token))
             model = self.models[name]
-            model.put(body, delta=delta)
-            assert response.status_code == 200, response.get_json()
-            assert response.get_json() == {
-                "result": "success",
-                "subscriber_id": self.ids[name],
+            outcome = model.put(body, delta=delta, bounds=self.bounds)
+            fields_ = {
                 "is_delta": delta,
                 "favorites": len(model.favorites),
                 "view_data": len({o["asset_id"] for o in body.get("view_data", [])}),
-                "evicted": 0,  # the model's histories stay far below the bounds
+                "evicted": outcome,
             }
-            self.check(name)
-            self.check(TWIN[name])
+            self.answer(name, req, token, outcome, fields_)
 
         @rule(
-            source=st.sampled_from(SUBSCRIBERS),
-            dest=st.sampled_from(SUBSCRIBERS),
+            source=names,
+            dest=names,
             token=token_kinds,
         )
         def copy(self, source, dest, token):
-            """A GET sent back with isDelta=false reproduces the state."""
+            """A GET sent back with isDelta=false reproduces the state (or is
+            409 when the history sits above a lowered bound)."""
             stats["steps"] += 1
             got = self.send(Request("GET", self.path(source)), ADMIN).get_json()
             body = {"favorites": got["favorites"], "view_data": got["view_data"]}
@@ -889,25 +1384,30 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
                 content_type="application/json",
                 data=json.dumps(body).encode(),
             )
-            if len(body["view_data"]) > MAX_ITEMS:
-                # More assets than one request may carry (MAX_ITEMS is small here).
+            if max(len(body["favorites"]), len(body["view_data"])) > MAX_ITEMS:
+                # More entries than one request may carry (never with the
+                # bounds at most MAX_ITEMS, as start-up requires).
                 before = snapshot()
                 response = self.send(req, self.headers(dest, token))
                 assert_error(response, 413)
                 self.check_storage(before)
                 return
-            response = self.send(req, self.headers(dest, token))
-            self.models[dest] = self.models[source].copy()
-            assert response.status_code == 200, response.get_json()
-            assert response.get_json()["view_data"] == len(got["view_data"])
-            self.check(dest)
-            self.check(TWIN[dest])
+            outcome = self.models[dest].put(body, delta=False, bounds=self.bounds)
+            fields_ = {
+                "is_delta": False,
+                "favorites": len(body["favorites"]),
+                "view_data": len(body["view_data"]),
+                "evicted": 0,
+            }
+            self.answer(dest, req, token, outcome, fields_)
+            if not isinstance(outcome, Conflict):
+                assert self.models[dest].view_data() == got["view_data"]
 
         # Erasing empty histories over and over would crowd out the writes.
         @precondition(
             lambda self: any(m.favorites or m.assets for m in self.models.values())
         )
-        @rule(name=st.sampled_from(SUBSCRIBERS), token=token_kinds, spelling=spellings)
+        @rule(name=names, token=token_kinds, spelling=spellings)
         def delete(self, name, token, spelling):
             stats["steps"] += 1
             req = Request("DELETE", self.path(name, spelling))
@@ -918,7 +1418,7 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
             self.check(name)
             self.check(TWIN[name])
 
-        @rule(name=st.sampled_from(SUBSCRIBERS), token=token_kinds, spelling=spellings)
+        @rule(name=names, token=token_kinds, spelling=spellings)
         def get(self, name, token, spelling):
             stats["steps"] += 1
             model = self.models[name]
@@ -929,10 +1429,310 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
                 {
                     "result": "success",
                     "subscriber_id": self.ids[name],
-                    "favorites": model.favorites,
+                    "favorites": list(model.favorites),
                     "view_data": model.view_data(),
                 }
             )
+
+        # --- the activity family: one item -----------------------------------
+
+        def item_request(self, method, kind, name, asset, params: dict, how):
+            """An activity request: each parameter in the query or, for a PUT
+            or DELETE, in a form body, as ``how`` says."""
+            params = dict(params)
+            if how["type"] is not None:
+                params["type"] = how["type"]
+            in_body = set() if method == "GET" else how["in_body"] & params.keys()
+            query = {k: v for k, v in params.items() if k not in in_body}
+            form = {k: v for k, v in params.items() if k in in_body}
+            return Request(
+                method,
+                self.activity_path(kind, name, asset, how["spelling"]),
+                query=urlencode(query) if query else None,
+                content_type=how["form_type"] if form else None,
+                data=urlencode(form).encode() if form else None,
+            )
+
+        @rule(name=names, asset=asset_ids, how=activity_how)
+        def favorite_add(self, name, asset, how):
+            stats["steps"] += 1
+            model = self.models[name]
+            added = model.add_favorite(asset, self.bounds)
+            req = self.item_request("PUT", "fav", name, asset, {}, how)
+            fields_ = {
+                "asset_id": asset,
+                "added": added,
+                "favorites": len(model.favorites),
+                "evicted": 0,
+            }
+            self.answer(name, req, how["token"], added, fields_)
+
+        @rule(name=names, asset=asset_ids, how=activity_how)
+        def favorite_remove(self, name, asset, how):
+            stats["steps"] += 1
+            model = self.models[name]
+            removed = model.remove_favorite(asset)
+            req = self.item_request("DELETE", "fav", name, asset, {}, how)
+            fields_ = {
+                "asset_id": asset,
+                "removed": removed,
+                "favorites": len(model.favorites),
+                "evicted": 0,
+            }
+            self.answer(name, req, how["token"], removed, fields_)
+
+        @rule(
+            name=names,
+            asset=asset_ids,
+            played=st.one_of(st.none(), played_on, played_on, played_on),
+            how=activity_how,
+        )
+        def watch_mark(self, name, asset, played, how):
+            stats["steps"] += 1
+            model = self.models[name]
+            if played is not None:
+                outcome = model.set_field(asset, "last_played_on", played, self.bounds)
+                params = {"last_played_on": str(played)}
+                req = self.item_request("PUT", "watch", name, asset, params, how)
+                fields_ = {"asset_id": asset, "last_played_on": played}
+                self.answer(
+                    name, req, how["token"], outcome, {**fields_, "evicted": outcome}
+                )
+                return
+            # Without the parameter the server's clock is stored: the model
+            # takes the time from the answer, once it is within the request.
+            req = self.item_request("PUT", "watch", name, asset, {}, how)
+            outcome = copy.deepcopy(model).set_field(
+                asset, "last_played_on", 0, self.bounds
+            )
+            if isinstance(outcome, Conflict):
+                self.answer(name, req, how["token"], outcome, {})
+                return
+            sent = time.time_ns() // 1_000_000
+            response = self.send(req, self.headers(name, how["token"]))
+            answered = time.time_ns() // 1_000_000
+            assert response.status_code == 200, response.get_json()
+            played = response.get_json().get("last_played_on")
+            assert type(played) is int and sent <= played <= answered, played
+            stats["watch marks at the server's time"] += 1
+            evicted = model.set_field(asset, "last_played_on", played, self.bounds)
+            assert exact(response.get_json()) == exact(
+                {
+                    "result": "success",
+                    "subscriber_id": self.ids[name],
+                    "asset_id": asset,
+                    "last_played_on": played,
+                    "evicted": evicted,
+                }
+            )
+            stats["evicted records"] += evicted
+            self.check(name)
+            self.check(TWIN[name])
+
+        @rule(name=names, asset=asset_ids, how=activity_how)
+        def watch_remove(self, name, asset, how):
+            stats["steps"] += 1
+            removed = self.models[name].remove_record(asset)
+            req = self.item_request("DELETE", "watch", name, asset, {}, how)
+            fields_ = {"asset_id": asset, "removed": removed, "evicted": 0}
+            self.answer(name, req, how["token"], removed, fields_)
+
+        @rule(
+            name=names,
+            asset=asset_ids,
+            ms=pause_times,
+            how=activity_how,
+        )
+        def pause_time_set(self, name, asset, ms, how):
+            stats["steps"] += 1
+            model = self.models[name]
+            req = self.item_request(
+                "PUT", "pausetime", name, asset, {"time": str(ms)}, how
+            )
+            if ms < PAUSE_IGNORED_BELOW_MS:
+                # Ignored, as in MetaX: nothing written, no record created.
+                outcome = 0
+                fields_ = {"time": model.pause_ms(asset), "ignored": True}
+                stats["pause times ignored"] += 1
+            else:
+                outcome = model.set_field(asset, "pause_time", ms // 1000, self.bounds)
+                fields_ = {"time": ms // 1000 * 1000, "ignored": False}
+            fields_ = {"asset_id": asset, **fields_, "evicted": outcome}
+            self.answer(name, req, how["token"], outcome, fields_)
+
+        @rule(name=names, asset=asset_ids, how=activity_how)
+        def pause_time_get(self, name, asset, how):
+            stats["steps"] += 1
+            req = self.item_request("GET", "pausetime", name, asset, {}, how)
+            response = self.send(req, self.headers(name, how["token"]))
+            assert response.status_code == 200, response.get_json()
+            assert exact(response.get_json()) == exact(
+                {
+                    "result": "success",
+                    "subscriber_id": self.ids[name],
+                    "asset_id": asset,
+                    "time": self.models[name].pause_ms(asset),
+                }
+            )
+
+        @rule(
+            name=names,
+            asset=asset_ids,
+            score=scores(),
+            how=activity_how,
+        )
+        def review(self, name, asset, score, how):
+            stats["steps"] += 1
+            text, value = score
+            outcome = self.models[name].set_field(
+                asset, "user_rating", value, self.bounds
+            )
+            req = self.item_request("PUT", "review", name, asset, {"score": text}, how)
+            fields_ = {"asset_id": asset, "user_rating": value, "evicted": outcome}
+            self.answer(name, req, how["token"], outcome, fields_)
+
+        # --- the activity family: lists a page at a time ----------------------
+
+        def next_page(self, walk: Walk) -> None:
+            """Fetch the walk's next page and check it against the model: the
+            items after the place the last `next` names, `total`, `next`."""
+            model = self.models[walk.name]
+            assert None not in model.favorites.values()  # learned after writes
+            params = {}
+            if walk.limit is not None:
+                params["limit"] = str(walk.limit)
+            if walk.after is not None:
+                params["after"] = walk.after
+            how = {"type": walk.type, "spelling": walk.spelling, "in_body": set()}
+            req = self.item_request("GET", walk.kind, walk.name, None, params, how)
+            response = self.send(req, self.headers(walk.name, walk.token))
+            assert response.status_code == 200, response.get_json()
+            got = response.get_json()
+            items = model.items(walk.kind)
+            rest = [
+                item for item in items if walk.place is None or item[0] > walk.place
+            ]
+            size = walk.limit or 50
+            page = rest[:size]
+            listed = "favorites" if walk.kind == "fav" else "view_data"
+            cursor = got.get("next")
+            assert exact(got) == exact(
+                {
+                    "result": "success",
+                    "subscriber_id": self.ids[walk.name],
+                    listed: [shown for _, _, shown in page],
+                    "total": len(items),
+                    "next": cursor,
+                }
+            )
+            if len(rest) > size:
+                assert isinstance(cursor, str) and cursor, got
+            elif cursor is not None:
+                # A last page that ends exactly at the end may have a `next`
+                # (whose page is empty); any other last page has none.
+                assert isinstance(cursor, str) and cursor and len(page) == size, got
+            walk.seen += [key for _, key, _ in page]
+            walk.steps_at_last_page = stats["steps"]
+            stats[f"{walk.kind} pages"] += 1
+            if cursor is None:
+                walk.done = True
+                return
+            walk.after, walk.place = cursor, page[-1][0]
+            self.cursors = [*self.cursors[-19:], (walk.kind, walk.name, cursor)]
+
+        def finish(self, walk: Walk) -> None:
+            """Every item that did not change during the walk came once, in order."""
+            steady = [key for key in walk.start if key not in walk.changed]
+            assert [key for key in walk.seen if key in set(steady)] == steady, walk
+            stats["walks"] += 1
+            stats["walks with writes between pages"] += bool(walk.changed)
+            stats["walks with steps between pages"] += walk.interleaved
+
+        @rule(
+            kind=st.sampled_from(LISTS),
+            limit=page_limits,
+            token=token_kinds,
+            spelling=segment_spellings,
+            mode=st.sampled_from(["whole", "open", "open", "writes", "writes"]),
+            data=st.data(),
+        )
+        def walk_start(self, kind, limit, token, spelling, mode, data):
+            """The first page of a list (of a subscriber whose list takes
+            several pages, or else has items, when there is one), then:
+            "whole", all the others; "writes", all the others with writes to
+            the same subscriber between the pages (adds, removals, moves in
+            the order, evictions, rebuilds); "open", the walk goes on in later
+            steps (``walk_on``)."""
+            stats["steps"] += 1
+            draw = data.draw
+            if mode != "whole" and limit not in (1, 2, 3):
+                # Pages with steps or writes between them: small ones.
+                limit = draw(st.sampled_from([1, 1, 2, 3]), label="limit")
+            sizes = {n: len(self.models[n].items(kind)) for n in SUBSCRIBERS}
+            # A list of several pages if there is one, else one with items.
+            pages = [n for n in SUBSCRIBERS if sizes[n] > (limit or 50)]
+            filled = pages or [n for n in SUBSCRIBERS if sizes[n]]
+            name = draw(st.sampled_from(filled) if filled else names, label="name")
+            start = self.models[name].watched(kind)
+            walk = Walk(kind, name, limit, token, spelling, start, last=dict(start))
+            walk.type = draw(st.sampled_from([None, None, *TYPES]), label="type")
+            self.next_page(walk)
+            while mode != "open" and not walk.done:
+                for _ in range((mode == "writes") * draw(st.integers(1, 2))):
+                    self.some_write(draw, name, kind)
+                    self.stored_state_is_the_model()  # learns new positions
+                    walk.note(self.models[name].watched(kind))
+                self.next_page(walk)
+            if walk.done:
+                self.finish(walk)
+            else:
+                self.walks = [*self.walks[-2:], walk]
+
+        def some_write(self, draw, name, kind):
+            """One write to ``name`` through one of the write rules, most
+            likely one that moves items of the list ``kind``."""
+            model = self.models[name]
+            listed = list(model.favorites if kind == "fav" else model.assets)
+            # Half the time an item already there: updates, moves, removals.
+            asset = draw(st.sampled_from(listed) if listed else asset_ids)
+            asset = draw(st.sampled_from([asset, draw(asset_ids)]), label="asset")
+            how = draw(activity_how)
+            actions = {
+                "fav": ["fav add", "fav add", "fav remove", "delta"],
+                "watch": ["watch", "watch", "unwatch", "delta", "review"],
+                "continue": ["pause", "pause", "unwatch", "watch", "delta"],
+            }[kind]
+            action = draw(st.sampled_from([*actions, "rebuild"]), label="write")
+            if action == "fav add":
+                self.favorite_add(name, asset, how)
+            elif action == "fav remove":
+                self.favorite_remove(name, asset, how)
+            elif action == "watch":
+                self.watch_mark(name, asset, draw(played_on), how)
+            elif action == "unwatch":
+                self.watch_remove(name, asset, how)
+            elif action == "pause":
+                self.pause_time_set(name, asset, draw(pause_times), how)
+            elif action == "review":
+                self.review(name, asset, draw(scores()), how)
+            elif action == "delta":
+                how = {key: draw(value) for key, value in put_strategies.items()}
+                del how["name"], how["body"]
+                self._put(name, draw(bodies), None, **how)
+            else:
+                self.rebuild_app(draw(LATER_BOUNDS), draw(LATER_BOUNDS))
+
+        @precondition(lambda self: self.walks)
+        @rule(data=st.data())
+        def walk_on(self, data):
+            """The next page of an open walk, maybe after other writes."""
+            stats["steps"] += 1
+            walk = data.draw(st.sampled_from(self.walks), label="walk")
+            walk.interleaved |= stats["steps"] - walk.steps_at_last_page > 1
+            self.next_page(walk)
+            if walk.done:
+                self.walks.remove(walk)
+                self.finish(walk)
 
         # --- invalid requests -------------------------------------------------
 
@@ -942,6 +1742,8 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
             ``routed=False`` leaves out the methods that no route serves (405
             comes before authentication).
             """
+            if method == "activity":
+                return self.bad_activity_request(draw, name, admin=admin, routed=routed)
             if method != "PUT":
                 kinds = ["query", "path"] if admin else ["query"]
                 kind = draw(st.sampled_from(kinds))
@@ -1013,6 +1815,157 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
             req.path = PATH + sid
             return Expected(f"PUT path {sid}")
 
+        def activity_request(self, draw, name):
+            """A valid activity request of a random endpoint, its parts:
+            (list, ids, method, accepted parameters, asset, [(name, value,
+            in the form body)])."""
+            lst, ids, method, accepted = draw(st.sampled_from(ENDPOINTS))
+            return self.activity_parts(draw, name, lst, ids, method, accepted)
+
+        def activity_parts(self, draw, name, lst, ids, method, accepted):
+            asset = draw(asset_ids) if ids == 2 else None
+            params = []
+            for param in accepted:
+                if param in ("time", "score") or (
+                    param in VALID_PARAMETERS and draw(st.booleans())
+                ):
+                    params.append((param, VALID_PARAMETERS[param]))
+            if draw(st.booleans()):
+                params.append(("type", draw(st.sampled_from(TYPES))))
+            in_body = method != "GET" and draw(st.booleans())
+            params = [(n, v, in_body and draw(st.booleans())) for n, v in params]
+            return lst, ids, method, accepted, asset, params
+
+        def build_activity(self, method, segments, params, *, data=None, ctype=None):
+            """The Request: ``segments`` already encoded; each parameter in the
+            query or the form body."""
+            query = [(n, v) for n, v, in_body in params if not in_body]
+            form = [(n, v) for n, v, in_body in params if in_body]
+            if form:
+                data, ctype = urlencode(form).encode(), FORM
+            return Request(
+                method,
+                ACTIVITY + "/".join(segments),
+                query=urlencode(query) if query else None,
+                content_type=ctype,
+                data=data,
+            )
+
+        def bad_activity_request(self, draw, name, *, admin, routed=True):
+            """An activity request with exactly one defect (section 9), and its
+            answer. ``routed=False`` leaves out what is answered before
+            authentication (unknown lists, segment counts, methods)."""
+            kinds = [*ACTIVITY_DEFECTS, *(ROUTING_DEFECTS if routed else ())]
+            if admin:
+                kinds.append("bad-subscriber-id")
+            kind = draw(st.sampled_from(kinds), label="activity defect")
+            endpoint = draw(
+                st.sampled_from([e for e in ENDPOINTS if defect_fits(kind, e)])
+            )
+            lst, ids, method, accepted, asset, params = self.activity_parts(
+                draw, name, *endpoint
+            )
+            segments = [lst, segment(self.ids[name], draw(segment_spellings))]
+            if asset is not None:
+                segments.append(segment(asset))
+            data = ctype = None
+            expected = Expected(f"activity {kind}")
+            where = st.booleans() if method != "GET" else st.just(False)
+
+            def insert(item):
+                params.insert(draw(st.integers(0, len(params))), item)
+
+            if kind == "unknown-parameter":
+                unknown = [n for n in UNKNOWN_PARAMETERS if n not in accepted]
+                param = draw(st.sampled_from(unknown))
+                insert((param, "1", draw(where)))
+                expected = Expected(f"activity unknown parameter {param}", named=param)
+            elif kind == "repeated-parameter":
+                if not params:
+                    params.append(("type", "vod", draw(where)))
+                param, value, _ = draw(st.sampled_from(params))
+                insert((param, value, draw(where)))  # in both, or twice in one
+                expected = Expected(f"activity repeated {param}", named=param)
+            elif kind == "bad-type":
+                params = [p for p in params if p[0] != "type"]
+                value = draw(st.sampled_from(BAD_TYPES))
+                insert(("type", value, draw(where)))
+                expected = Expected(f"activity type={value!r}", named="type")
+            elif kind == "bad-value":
+                param = draw(
+                    st.sampled_from([p for p in accepted if p in BAD_PARAMETER_VALUES])
+                )
+                value = draw(st.sampled_from(BAD_PARAMETER_VALUES[param]))
+                params = [p for p in params if p[0] != param]
+                insert((param, value, draw(where)))
+                expected = Expected(f"activity {param}={value!r}", named=param)
+            elif kind == "missing-value":
+                param = next(p for p in accepted if p in ("time", "score"))
+                params = [p for p in params if p[0] != param]
+                expected = Expected(f"activity no {param}", named=param)
+            elif kind == "forged-cursor":
+                cursor, label = self.forged_cursor(draw, lst, name)
+                insert(("after", cursor, False))
+                expected = Expected(f"activity cursor {label}", named="after")
+            elif kind == "get-with-body":
+                data, ctype = draw(st.sampled_from([b"limit=2", b"type=vod"])), FORM
+            elif kind == "media-type":
+                params = [(n, v, False) for n, v, _ in params]
+                ctype, data = draw(st.sampled_from(NOT_FORM_BODIES))
+                expected = Expected(f"activity body of {ctype}", 415)
+            elif kind == "bad-form":
+                params = [(n, v, False) for n, v, _ in params]
+                data, ctype = draw(st.sampled_from(BAD_FORMS)), FORM
+                expected = Expected(f"activity form {data!r}")
+            elif kind == "bad-asset-id":
+                segments[2] = draw(st.sampled_from(BAD_PATH_IDS))
+                expected = Expected(f"activity asset {segments[2]:.20}")
+            elif kind == "bad-subscriber-id":
+                segments[1] = draw(st.sampled_from(BAD_PATH_IDS))
+                expected = Expected(f"activity subscriber {segments[1]:.20}")
+            elif kind == "unknown-list":
+                segments[0] = draw(st.sampled_from(UNKNOWN_LISTS))
+                expected = Expected(f"activity list {segments[0]}", 404)
+            elif kind == "segments":
+                wrong = [n for n in (0, 1, 2, 3) if (lst, n) not in ACTIVITY_ROUTES]
+                count = draw(st.sampled_from(wrong))
+                extra = [segment(self.ids[name]), segment(asset or "a"), "x"]
+                segments = [lst, *extra[:count]]
+                expected = Expected(f"activity {lst} with {count} ids", 404)
+            else:
+                assert kind == "method"
+                listed = ACTIVITY_ROUTES[(lst, ids)]
+                others = ["GET", "PUT", "DELETE", "POST", "PATCH", "OPTIONS"]
+                method = draw(st.sampled_from([m for m in others if m not in listed]))
+                expected = Expected(
+                    f"activity {method} {lst}/{ids}", 405, allow=tuple(listed)
+                )
+            req = self.build_activity(method, segments, params, data=data, ctype=ctype)
+            return req, expected
+
+        def forged_cursor(self, draw, lst, name) -> tuple[str, str]:
+            """An `after` this service did not make for this list and
+            subscriber: one of another list or subscriber, one altered, junk."""
+            foreign = [c for k, n, c in self.cursors if (k, n) != (lst, name)]
+            kinds = ["junk"]
+            if foreign:
+                kinds.append("foreign")
+            if self.cursors:
+                kinds.append("altered")
+            kind = draw(st.sampled_from(kinds))
+            if kind == "junk":
+                return draw(st.sampled_from(FORGED_CURSORS)), kind
+            if kind == "foreign":
+                return draw(st.sampled_from(foreign)), kind
+            cursor = draw(st.sampled_from([c for _, _, c in self.cursors]))
+            # Not the last character: its low bits may be base64 padding.
+            at = draw(st.integers(0, len(cursor) - 2))
+            alphabet = (
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+            )
+            char = draw(st.sampled_from(alphabet.replace(cursor[at], "")))
+            return cursor[:at] + char + cursor[at + 1 :], kind
+
         @rule(data=st.data(), count=st.integers(1, 8))
         def invalid_requests(self, data, count):
             """Each has one defect: its 4xx in the MetaX shape, no byte changed."""
@@ -1020,8 +1973,10 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
             draw = data.draw
             before = snapshot()
             for _ in range(count):
-                name = draw(st.sampled_from(SUBSCRIBERS), label="name")
-                method = draw(st.sampled_from(["PUT", "PUT", "PUT", "GET", "DELETE"]))
+                name = draw(names, label="name")
+                method = draw(
+                    st.sampled_from(["PUT", "PUT", "PUT", "GET", "DELETE", "activity"])
+                )
                 token = draw(token_kinds, label="token")
                 admin = token != "own"
                 req, expected = self.bad_request(draw, name, method, admin=admin)
@@ -1042,7 +1997,7 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
                 assert expected.named in payload["reason"], (expected, payload)
             if expected.status == 405:
                 allowed = {m.strip() for m in response.headers["Allow"].split(",")}
-                assert {"GET", "PUT", "DELETE"} <= allowed
+                assert set(expected.allow) <= allowed, (expected, allowed)
                 assert req.method not in allowed
 
         # --- bad credentials --------------------------------------------------
@@ -1123,12 +2078,18 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
             before = snapshot()
             involved = set()
             for _ in range(count):
-                name = draw(st.sampled_from(SUBSCRIBERS), label="name")
+                name = draw(names, label="name")
                 kind, status = draw(st.sampled_from(AUTH_KINDS), label="credentials")
                 headers, owner, label = self.bad_credentials(draw, kind, name)
                 involved |= {name, owner} - {None}
-                method = draw(st.sampled_from(["PUT", "GET", "DELETE"]))
-                if draw(st.booleans(), label="valid otherwise"):
+                method = draw(st.sampled_from(["PUT", "GET", "DELETE", "activity"]))
+                valid = draw(st.booleans(), label="valid otherwise")
+                if valid and method == "activity":
+                    lst, ids, verb, _, asset, params = self.activity_request(draw, name)
+                    segments = [lst, segment(self.ids[name], draw(segment_spellings))]
+                    segments += [] if asset is None else [segment(asset)]
+                    req = self.build_activity(verb, segments, params)
+                elif valid:
                     req = Request(method, self.path(name, draw(spellings)))
                     if method == "PUT":
                         is_delta = draw(is_delta_params)
@@ -1162,7 +2123,7 @@ def state_machine(client, snapshot, stats: Counter, reasons: dict):
 
         def teardown(self):
             for name in SUBSCRIBERS:
-                client.delete(self.path(name), headers=ADMIN)
+                self.client.delete(self.path(name), headers=ADMIN)
 
     return StatApiMachine
 
@@ -1173,13 +2134,37 @@ def _small_limits(settings):
     settings["MAX_BODY_BYTES"] = MAX_BODY_BYTES
 
 
+@pytest.mark.parametrize("history_full", ["reject", "evict"])
 def test_random_requests_leave_the_state_the_reference_model_predicts(
-    client, snapshot, request
+    redis_client,
+    settings,
+    key_prefix,
+    snapshot,
+    request,
+    history_full,
 ):
+    apps = {}
+
+    def client_for(bounds: Bounds):
+        """A test client of the app built with these bounds (one per bounds)."""
+        key = (bounds.max_records, bounds.max_favorites)
+        if key not in apps:
+            config = {
+                **settings,
+                "MAX_RECORDS": bounds.max_records,
+                "MAX_FAVORITES": bounds.max_favorites,
+                "HISTORY_FULL": history_full,
+            }
+            apps[key] = create_app(config, redis_client=redis_client).test_client()
+        return apps[key]
+
     stats: Counter = Counter()
     started = time.monotonic()
+    machine = state_machine(
+        client_for, history_full == "evict", snapshot, key_prefix, stats, {}
+    )
     run_state_machine_as_test(
-        state_machine(client, snapshot, stats, {}),
+        machine,
         settings=hypothesis_settings(
             max_examples=EXAMPLES,
             stateful_step_count=STEPS,
@@ -1190,15 +2175,27 @@ def test_random_requests_leave_the_state_the_reference_model_predicts(
     backend = request.node.callspec.params["redis_client"]
     defects = sorted(key for key in stats if key.startswith("defect "))
     statuses = sorted((k, v) for k, v in stats.items() if k.startswith("status "))
+    shown = sorted(
+        (k, v)
+        for k, v in stats.items()
+        if not k.startswith(("status ", "defect ", "credentials "))
+    )
     print(
-        f"\nmodel [{backend}]: {stats['examples']} examples, {stats['steps']} steps, "
-        f"{stats['requests']} requests in {time.monotonic() - started:.1f} s; "
+        f"\nmodel [{backend}, {history_full}]: {stats['examples']} examples, "
+        f"{stats['steps']} steps, {stats['requests']} requests in "
+        f"{time.monotonic() - started:.1f} s; "
         f"{sum(stats[d] for d in defects)} invalid requests of {len(defects)} kinds; "
-        + ", ".join(f"{k}: {v}" for k, v in statuses)
+        + ", ".join(f"{k}: {v}" for k, v in statuses + shown)
     )
     if stats["steps"] >= 500:  # a default run reaches each common answer
-        for status in (200, 400, 401, 403):
+        for status in (200, 400, 401, 403, 409):
             assert stats[f"status {status}"], (status, stats)
+        for seen in ("walks", "walks with writes between pages", "app rebuilds"):
+            assert stats[seen], (seen, stats)
+        if history_full == "evict":
+            assert stats["evicted records"], stats
+        else:
+            assert stats["409 MAX_RECORDS"], stats
     # Each sequence ends by erasing its subscribers: not one key may remain.
     assert snapshot() == {}
 
