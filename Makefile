@@ -20,7 +20,8 @@ $(VENV)/.installed: requirements.txt
 venv: $(VENV)/.installed ## create .venv from requirements.txt (done by the others when needed)
 
 run: $(VENV)/.installed ## serve on PORT (default 8080) under gunicorn; REDIS_URL or local/embedded Redis
-	PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
+	PORT=$(PORT) JWT_DEV_SECRET_FILE="$(CURDIR)/.dev-secret" \
+	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
 test: $(VENV)/.installed ## the whole suite: unit (fakeredis) and integration (real Redis)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -42,6 +43,7 @@ format: $(VENV)/.installed ## apply ruff format and fixes
 	$(VENV)/bin/ruff format .
 
 token: $(VENV)/.installed ## print a dev token: make token SUB=user@example.org [ADMIN=1]
+	JWT_DEV_SECRET_FILE="$(CURDIR)/.dev-secret" \
 	$(PY) -m stat_service.devtoken $(if $(ADMIN),--admin) "$(SUB)"
 
 clean: ## remove .venv and caches

@@ -7,10 +7,10 @@ import logging
 
 from flask import Flask
 
-from . import activity, errors, logs, observability
+from . import activity, devsecret, errors, logs, observability
 from .api import RestOfPath, probes_bp, stat_bp
 from .auth import TokenVerifier
-from .config import DEV_JWT_SECRET, ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings
 from .cursors import Cursors, cursor_key
 from .jsonprovider import OrjsonProvider
 from .observability import metrics_bp
@@ -22,26 +22,30 @@ log = logging.getLogger(__name__)
 __all__ = ["create_app", "check_config", "ConfigError", "StatStore"]
 
 
-def _with_dev_key(settings: Settings, *, warn: bool) -> Settings:
-    """In embedded mode with no key configured, the development secret."""
-    if settings.EMBEDDED_REDIS and not (
+def _with_dev_key(settings: Settings) -> Settings:
+    """With no key configured, the development secret of make run, if opted in.
+
+    JWT_DEV_SECRET_FILE (set by make run and make token) names the file; it
+    is made when missing. The first process to get here says so loudly: under
+    gunicorn the master (check_config, before forking), not every worker.
+    """
+    path = settings.JWT_DEV_SECRET_FILE
+    if not path or (
         settings.JWT_SECRET or settings.JWT_PUBLIC_KEY or settings.JWT_JWKS_URL
     ):
-        if warn:
-            log.warning(
-                "EMBEDDED MODE: no JWT key configured, using the development "
-                "secret %r (never in production)",
-                DEV_JWT_SECRET,
-            )
-        return dataclasses.replace(settings, JWT_SECRET=DEV_JWT_SECRET)
-    return settings
+        return settings
+    secret = devsecret.load_or_create(path)
+    # Not set up yet in gunicorn's master (create_app does it in workers).
+    logs.configure(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    devsecret.announce(path)
+    return dataclasses.replace(settings, JWT_SECRET=secret)
 
 
 def check_config(config: dict | None = None) -> None:
     """Raise ConfigError for unusable settings, without touching Redis."""
     from .redis_client import make_client
 
-    settings = _with_dev_key(load_settings(config), warn=False)
+    settings = _with_dev_key(load_settings(config))
     TokenVerifier(settings)
     try:
         make_client(settings).close()  # parses REDIS_URL; connects lazily
@@ -53,7 +57,7 @@ def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
     """Build the app: defaults, then the environment, then ``config``."""
     settings = load_settings(config)
     logs.configure(settings.LOG_LEVEL, settings.LOG_FORMAT)
-    settings = _with_dev_key(settings, warn=True)
+    settings = _with_dev_key(settings)
 
     app = Flask(__name__)
     app.json = OrjsonProvider(app)

@@ -44,8 +44,8 @@ class TokenVerifier:
         if len(configured) != 1:
             raise ConfigError(
                 "set exactly one of JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL "
-                f"(found: {', '.join(configured) or 'none'}); for a local run: "
-                "JWT_SECRET=$(openssl rand -hex 32) make run"
+                f"(found: {', '.join(configured) or 'none'}); for a local run, "
+                "make run uses a development secret (JWT_DEV_SECRET_FILE)"
             )
         self.audience = settings.JWT_AUDIENCE
         self.issuer = settings.JWT_ISSUER

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
-DEV_JWT_SECRET = "stat-service-development-secret-do-not-use-in-production"
 # MAX_RECORDS and MAX_FAVORITES when unset (or MAX_ITEMS, when that is lower).
 DEFAULT_BOUND = 5000
 
@@ -54,6 +53,9 @@ class Settings:
     JWT_SECRET: str | None = None
     JWT_PUBLIC_KEY: str | None = None
     JWT_JWKS_URL: str | None = None
+    # With none of the three keys above: the development secret in this file,
+    # made when missing (set by make run and make token; devsecret.py).
+    JWT_DEV_SECRET_FILE: str | None = None
     JWT_JWKS_TIMEOUT: float = 1.0
     JWT_JWKS_CACHE_SECONDS: int = 300
     JWT_JWKS_REFRESH_COOLDOWN: float = 5.0

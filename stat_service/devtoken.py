@@ -1,4 +1,9 @@
-"""Print a signed HS256 token for local use: ``python -m stat_service.devtoken SUB``."""
+"""Print a signed HS256 token for local use: ``python -m stat_service.devtoken SUB``.
+
+Signed with JWT_SECRET when set, else with the development secret in the
+file JWT_DEV_SECRET_FILE names, made when missing (``make token`` and
+``make run`` both name the checkout's .dev-secret).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import time
 
 import jwt
 
-from .config import DEV_JWT_SECRET
+from . import devsecret
+from .config import ConfigError
 
 
 def main(argv=None) -> None:
@@ -19,7 +25,15 @@ def main(argv=None) -> None:
         "--ttl", type=int, default=3600, help="seconds until it expires"
     )
     args = parser.parse_args(argv)
-    secret = os.environ.get("JWT_SECRET") or DEV_JWT_SECRET
+    secret = os.environ.get("JWT_SECRET")
+    if not secret:
+        path = os.environ.get(devsecret.SETTING)
+        if not path:
+            parser.error(f"set JWT_SECRET or {devsecret.SETTING} (make token does)")
+        try:
+            secret = devsecret.load_or_create(path)
+        except ConfigError as exc:
+            parser.exit(2, f"{parser.prog}: {exc}\n")
     claims = {"sub": args.sub, "exp": int(time.time()) + args.ttl}
     if args.admin:
         claims["scope"] = os.environ.get("JWT_ADMIN_SCOPE", "stat:admin")

@@ -41,7 +41,7 @@ def ensure_redis(log) -> None:
     With REDIS_URL set, nothing happens. Otherwise the local Redis (port
     LOCAL_REDIS_PORT, default 6379) is used when it answers, else an
     embedded one is started and shared by all workers, and
-    EMBEDDED_REDIS=true tells the app it may use a dev JWT key.
+    EMBEDDED_REDIS=true tells the app it runs on it.
     """
     if os.environ.get("REDIS_URL"):
         return

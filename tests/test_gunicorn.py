@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
+import subprocess
+import sys
 import time
+import uuid
 
 import pytest
+import redis
 
-from stat_service.config import DEV_JWT_SECRET
 from tests.conftest import PATH, make_token
 from tests.harness import (
     MAX_BODY_BYTES,
     PROMPT,
+    ROOT,
     _chunked,
     _head,
     admin,
@@ -23,7 +29,7 @@ from tests.harness import (
     poll,
     unique,
 )
-from tests.support import free_port
+from tests.support import close_client, delete_prefix, free_port
 
 pytestmark = pytest.mark.gunicorn
 
@@ -296,21 +302,102 @@ def test_paused_redis_is_prompt_503_without_worker_timeout(spawn, private_redis)
 # --- 7-8. start-up modes -------------------------------------------------------------
 
 
-def test_embedded_mode_without_redis_url_shares_one_store_across_workers(spawn):
+def devtoken(sub: str, secret_file) -> str:
+    """``make token SUB=sub``: python -m stat_service.devtoken, no JWT_SECRET."""
+    env = {k: v for k, v in os.environ.items() if k != "JWT_SECRET"}
+    env["JWT_DEV_SECRET_FILE"] = str(secret_file)
+    done = subprocess.run(
+        [sys.executable, "-m", "stat_service.devtoken", sub],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def assert_one_dev_secret_line(log: str, secret_file) -> None:
+    """The loud line, once (from the master, before any worker boots)."""
+    lines = [line for line in log.splitlines() if "DEVELOPMENT SECRET" in line]
+    assert len(lines) == 1, log
+    assert f"key in {secret_file} (make token)" in lines[0], log
+    assert '"level":"warning"' in lines[0], log
+    assert log.index("DEVELOPMENT SECRET") < log.index("Booting worker"), log
+
+
+@pytest.mark.real_redis
+def test_make_run_with_a_real_redis_and_no_key_uses_the_checkouts_dev_secret(
+    spawn, real_redis_url, tmp_path
+):
+    # As make run starts it: no key, JWT_DEV_SECRET_FILE naming a file that
+    # does not exist yet; the master makes it.
+    secret_file = tmp_path / "checkout" / ".dev-secret"
+    secret_file.parent.mkdir()
+    prefix = f"stat-test:{uuid.uuid4().hex[:12]}:"
+    svc = spawn(
+        REDIS_URL=real_redis_url,
+        JWT_SECRET=None,
+        JWT_PUBLIC_KEY=None,
+        JWT_JWKS_URL=None,
+        JWT_DEV_SECRET_FILE=str(secret_file),
+        KEY_PREFIX=prefix,
+    ).wait_ready()
+    client = redis.Redis.from_url(real_redis_url)
+    try:
+        log = svc.log()
+        assert "configuration error" not in log, log
+        assert_one_dev_secret_line(log, secret_file)
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        assert len(secret_file.read_text().strip()) == 64
+
+        sub = "u1"
+        auth = ("Authorization", f"Bearer {devtoken(sub, secret_file)}")
+        reply = svc.request(
+            "PUT",
+            f"{PATH}{sub}?isDelta=true",
+            headers=[auth, ("Content-Type", "application/json")],
+            body=b'{"favorites": ["a1"]}',
+        )
+        assert reply.status == 200, reply
+        for reply in svc.get_on_both_workers(sub, auth=auth):
+            assert reply.status == 200, reply
+            assert reply.json()["favorites"] == ["a1"], reply
+        assert client.keys(f"{prefix}*"), "nothing written to the real Redis"
+        # Another key is refused: the file's secret, not any secret, is used.
+        other = ("Authorization", f"Bearer {make_token(sub)}")
+        assert_error(svc.get(sub, auth=other), 401, "UNAUTHORIZED")
+        assert_one_dev_secret_line(svc.log(), secret_file)  # no worker added one
+    finally:
+        delete_prefix(client, prefix)
+        close_client(client)
+
+
+def test_embedded_mode_without_redis_url_shares_one_store_across_workers(
+    spawn, tmp_path
+):
+    secret_file = tmp_path / ".dev-secret"
+    sub = "user@example.org"
+    # make token before the first make run: the token makes the file, and
+    # the service then uses it.
+    token = devtoken(sub, secret_file)
+    made = secret_file.read_text()
     svc = spawn(
         REDIS_URL=None,
         JWT_SECRET=None,
         JWT_PUBLIC_KEY=None,
         JWT_JWKS_URL=None,
+        JWT_DEV_SECRET_FILE=str(secret_file),
         LOCAL_REDIS_PORT=str(free_port()),  # nothing answers there
     ).wait_ready()
     log = svc.log()
     assert "EMBEDDED MODE" in log, log
-    assert "development secret" in log, log
+    assert_one_dev_secret_line(log, secret_file)
+    assert secret_file.read_text() == made
     assert svc.request("GET", "/readyz").status == 200
 
-    sub = "user@example.org"
-    auth = ("Authorization", f"Bearer {make_token(sub, secret=DEV_JWT_SECRET)}")
+    auth = ("Authorization", f"Bearer {token}")
     reply = svc.put(sub, {"favorites": ["f1", "f2"]}, auth=auth)
     assert reply.status == 200, reply
     replies = [*svc.get_on_both_workers(sub, auth=auth)]
@@ -318,6 +405,21 @@ def test_embedded_mode_without_redis_url_shares_one_store_across_workers(spawn):
     for reply in replies:
         assert reply.status == 200, reply
         assert reply.json()["favorites"] == ["f1", "f2"], reply
+
+
+def test_embedded_mode_without_the_dev_secret_file_needs_a_key(spawn):
+    svc = spawn(
+        REDIS_URL=None,
+        JWT_SECRET=None,
+        JWT_PUBLIC_KEY=None,
+        JWT_JWKS_URL=None,
+        LOCAL_REDIS_PORT=str(free_port()),
+    )
+    assert svc.wait_exit(timeout=20) != 0
+    log = svc.log()
+    assert "configuration error" in log and "JWT_SECRET" in log, log
+    assert "DEVELOPMENT SECRET" not in log, log
+    assert "Booting worker" not in log, log
 
 
 def test_no_jwt_key_with_redis_url_fails_to_start_naming_the_setting(
