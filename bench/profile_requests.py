@@ -209,7 +209,8 @@ def main() -> None:
             for (path, _line, _func), row in stats.stats.items():
                 groups[module_of(path)] += row[2]  # own time
             print(
-                f"\n{name}: own time by module, us/request (of {total / args.requests * 1e6:.0f} profiled)"
+                f"\n{name}: own time by module, us/request "
+                f"(of {total / args.requests * 1e6:.0f} profiled)"
             )
             for module, seconds in sorted(groups.items(), key=lambda kv: -kv[1])[
                 : args.top
@@ -220,7 +221,9 @@ def main() -> None:
                 rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][3])
                 for (path, line, func), row in rows[: args.functions]:
                     print(
-                        f"  {row[3] / args.requests * 1e6:8.1f}  {row[1] / args.requests:5.1f}x  {module_of(path)}:{line} {func}"
+                        f"  {row[3] / args.requests * 1e6:8.1f}  "
+                        f"{row[1] / args.requests:5.1f}x  "
+                        f"{module_of(path)}:{line} {func}"
                     )
     finally:
         keys = list(client.scan_iter(match=prefix + "*", count=1000))
