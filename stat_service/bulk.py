@@ -111,7 +111,7 @@ from marshmallow import ValidationError
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, NoScriptError
 
-from . import strictjson
+from . import fastpath, strictjson
 from .errors import MESSAGES, json_keys, validation_reason
 from .redis_client import real_client, refresh_topology
 from .schemas import load_body, subscriber_id_problem, too_many_items
@@ -216,6 +216,9 @@ class JsonlValidator:
         line, _, _, raw = entry
         if raw is TOO_LARGE:
             return reject(line, None, 413, f"body larger than {self.max_bytes} bytes")
+        taken = fastpath.load_line(raw, self.max_items)
+        if taken is not fastpath.NO:
+            return taken
         try:
             data = strictjson.loads(raw)
         except strictjson.JSONBodyError as exc:
@@ -253,13 +256,14 @@ class CsvGroup:
     reappears: bool = False  # rows of this id came earlier in the file
 
 
-_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _SURROGATE = re.compile("[\udc80-\udcff]")  # undecodable bytes (surrogateescape)
 
 
 def _number(text: str):
     """A cell as JSON would read it; text that is no JSON number stays text."""
-    if len(text) > strictjson.MAX_FLOAT_CHARS or not _JSON_NUMBER.fullmatch(text):
+    if len(text) > strictjson.MAX_FLOAT_CHARS or not strictjson.JSON_NUMBER.fullmatch(
+        text
+    ):
         return text
     if "." in text or "e" in text or "E" in text:
         return float(text)
@@ -370,6 +374,8 @@ class CsvValidator:
             body["favorites"] = favorites
         if view_data:
             body["view_data"] = view_data
+        if fastpath.check_body(body) >= 0:
+            return subscriber_id, body
         try:
             return subscriber_id, load_body(body, subscriber_id)
         except ValidationError as exc:

@@ -1,7 +1,8 @@
 """Flask JSON provider that writes responses with orjson.
 
-Responses only: request bodies are parsed by ``strictjson`` (orjson would
-silently accept duplicate keys, which the contract refuses).
+Responses only. Request bodies are read by ``fastpath`` (orjson, with the
+duplicate keys and long literals it would let through checked apart) and,
+whenever it says no, by ``strictjson``, whose errors are the API's.
 """
 
 from __future__ import annotations

@@ -56,8 +56,24 @@ class _Checked:
             super()._validate(value)
 
 
+# Each field below also states its rule as one expression of a value {v}:
+# the fast path (fastpath.py) compiles the schemas from these. An expression
+# must accept exactly what the field's _deserialize accepts and returns
+# unchanged; tests/test_fastpath.py checks the two against each other.
+FAST_CHECK_GLOBALS = {
+    "_control": _CONTROL.search,
+    "_isfinite": math.isfinite,
+    "MAX_ID_LENGTH": MAX_ID_LENGTH,
+    "MAX_SAFE_INTEGER": MAX_SAFE_INTEGER,
+}
+
+
 class Guid(_Checked, fields.String):
     """A non-empty asset id of at most 256 characters, no control characters."""
+
+    FAST_CHECK = (
+        "(type({v}) is str and 0 < len({v}) <= MAX_ID_LENGTH and not _control({v}))"
+    )
 
     default_error_messages = {
         "length": f"Length must be between 1 and {MAX_ID_LENGTH}.",
@@ -76,6 +92,8 @@ class Guid(_Checked, fields.String):
 class Count(_Checked, fields.Integer):
     """A JSON integer from 0 to 2**53 - 1 (no bools, floats or strings)."""
 
+    FAST_CHECK = "(type({v}) is int and 0 <= {v} <= MAX_SAFE_INTEGER)"
+
     default_error_messages = {
         "range": f"Must be greater than or equal to 0 and less than or equal to "
         f"{MAX_SAFE_INTEGER}.",
@@ -91,6 +109,11 @@ class Count(_Checked, fields.Integer):
 
 class Rating(_Checked, fields.Float):
     """A JSON number from 0 to 5; an integer stays an integer."""
+
+    FAST_CHECK = (
+        "((type({v}) is int or (type({v}) is float and _isfinite({v}))) "
+        "and 0 <= {v} <= 5)"
+    )
 
     default_error_messages = {
         "range": "Must be greater than or equal to 0 and less than or equal to 5.",

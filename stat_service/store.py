@@ -79,8 +79,9 @@ def _load_lua(name: str, *helpers: str) -> str:
 
 
 def format_value(value: int | float) -> str:
-    """The text stored for a validated number: ints stay ints, floats keep repr."""
-    return str(value) if type(value) is int else repr(value)
+    """The text stored for a validated number: ints stay ints, floats keep
+    their shortest repr (``str`` of a float is its repr)."""
+    return str(value)
 
 
 def _rating(text: str) -> int | float:
@@ -93,17 +94,23 @@ _PARSERS = tuple(zip(RECORD_FIELDS, (int, int, int, int, _rating), strict=True))
 
 
 def encode_record(record: dict, *, patch: bool = False) -> str:
-    """Encode a record's named fields, in RECORD_FIELDS order.
+    """Encode a record's fields, in RECORD_FIELDS order (other keys, such as
+    ``asset_id``, are not looked at).
 
     For storage (``patch=False``) a ``None`` value counts as absent. For a
     delta (``patch=True``) it becomes "-": the script removes that field.
     """
-    slots = [""] * len(RECORD_FIELDS)
-    for name, value in record.items():
-        if value is not None:
-            slots[_FIELD_INDEX[name]] = format_value(value)
-        elif patch:
-            slots[_FIELD_INDEX[name]] = _REMOVE
+    get = record.get
+    if patch:
+        # An absent field reads as "" (str("") is ""), a null as "-".
+        slots = [
+            _REMOVE if (value := get(name, "")) is None else str(value)
+            for name in RECORD_FIELDS
+        ]
+    else:
+        slots = [
+            "" if (value := get(name)) is None else str(value) for name in RECORD_FIELDS
+        ]
     return "|".join(slots).rstrip("|")
 
 
@@ -132,15 +139,24 @@ def collapse(view_data, *, delta: bool) -> dict[str, dict]:
     """One field mapping per asset, in first-seen order; later objects win.
 
     In delta mode a ``None`` is kept (it removes the stored field); in
-    overwrite mode it is the same as leaving the field out.
+    overwrite mode it is the same as leaving the field out. A mapping may
+    be the body's own object, ``asset_id`` included (``encode_record``
+    skips it); objects of a repeated asset are merged into a copy.
     """
     merged: dict[str, dict] = {}
+    copies: set[str] = set()
     for item in view_data:
-        fields_ = merged.setdefault(item["asset_id"], {})
+        asset_id = item["asset_id"]
+        earlier = merged.get(asset_id)
+        if earlier is None:
+            merged[asset_id] = item
+            continue
+        if asset_id not in copies:  # never change the caller's object
+            copies.add(asset_id)
+            earlier = merged[asset_id] = dict(earlier)
         for name, value in item.items():
-            if name == "asset_id" or (value is None and not delta):
-                continue
-            fields_[name] = value
+            if value is not None or delta:
+                earlier[name] = value
     return merged
 
 

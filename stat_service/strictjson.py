@@ -13,6 +13,17 @@ _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 # Only a text with a run of this many digits can hold a number literal that
 # is too long; others skip the (per-number, Python-level) length hooks.
 _LONG_DIGIT_RUN = re.compile(rf"[0-9]{{{MAX_INT_DIGITS + 1}}}")
+_LONG_RUN = b"0" * (MAX_INT_DIGITS + 1)
+# Every digit becomes "0", every other byte "x": a long run is then a plain
+# substring search (several times quicker than the regular expression).
+_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x78 for b in range(256))
+# A JSON number literal (RFC 8259 section 6), as text.
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def has_long_digit_run(raw: bytes) -> bool:
+    """True when ``raw`` holds more consecutive digits than any literal may."""
+    return _LONG_RUN in raw.translate(_DIGITS)
 
 
 class JSONBodyError(ValueError):
