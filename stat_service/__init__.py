@@ -11,10 +11,10 @@ from . import activity, devsecret, errors, logs, observability
 from .api import RestOfPath, probes_bp, stat_bp
 from .auth import TokenVerifier
 from .config import ConfigError, Settings, load_settings
-from .cursors import Cursors, cursor_key
 from .jsonprovider import OrjsonProvider
 from .observability import metrics_bp
 from .openapi import openapi_bp
+from .rules.cursors import Cursors, cursor_key
 from .store import Bounds, StatStore
 
 log = logging.getLogger(__name__)

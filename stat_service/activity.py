@@ -22,7 +22,6 @@ from flask import current_app, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.routing import Rule
 
-from . import fastpath, strictjson
 from .api import (
     check_content_type,
     decode_id,
@@ -32,10 +31,11 @@ from .api import (
     subscriber,
 )
 from .auth import authenticate
-from .cursors import CursorError, Cursors
 from .errors import ApiError
 from .observability import UNMATCHED
-from .schemas import Count, Rating
+from .rules import fastpath, strictjson
+from .rules.cursors import CursorError, Cursors
+from .rules.schemas import Count, Rating
 
 ACTIVITY = "/metax/2.1/activity"
 ENDPOINT = "activity.dispatch"  # of the family's one URL rule

@@ -8,10 +8,10 @@ from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from . import fastpath, strictjson
 from .auth import authorize, require_token
 from .errors import ApiError, error_response
-from .schemas import id_problem, load_body, too_many_items
+from .rules import fastpath, strictjson
+from .rules.schemas import id_problem, load_body, too_many_items
 from .store import StatStore
 
 PREFIX = "/metax/3.0/ui/user/stat"

@@ -111,10 +111,10 @@ from marshmallow import ValidationError
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, NoScriptError
 
-from . import fastpath, strictjson
 from .errors import MESSAGES, json_keys, validation_reason
 from .redis_client import real_client, refresh_topology
-from .schemas import load_body, subscriber_id_problem, too_many_items
+from .rules import fastpath, strictjson
+from .rules.schemas import load_body, subscriber_id_problem, too_many_items
 from .store import (
     RECORD_FIELDS,
     Bounds,

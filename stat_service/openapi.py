@@ -23,7 +23,7 @@ from marshmallow.validate import OneOf
 from .activity import ENDPOINT
 from .api import PREFIX
 from .errors import MESSAGES
-from .schemas import (
+from .rules.schemas import (
     MAX_ID_LENGTH,
     MAX_SAFE_INTEGER,
     Count,

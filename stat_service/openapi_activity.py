@@ -17,7 +17,6 @@ from .activity import (
     TYPES,
     route_template,
 )
-from .cursors import MAX_CHARS
 from .openapi import (
     _EVICTED,
     NO_CONTROL_PATTERN,
@@ -27,7 +26,8 @@ from .openapi import (
     _ref,
     _Response,
 )
-from .schemas import MAX_ID_LENGTH, MAX_SAFE_INTEGER, Count, Guid, Rating
+from .rules.cursors import MAX_CHARS
+from .rules.schemas import MAX_ID_LENGTH, MAX_SAFE_INTEGER, Count, Guid, Rating
 
 
 class _Success(_Response):

@@ -13,7 +13,7 @@ import fakeredis
 import pytest
 
 from stat_service import create_app
-from stat_service.schemas import MAX_SAFE_INTEGER
+from stat_service.rules.schemas import MAX_SAFE_INTEGER
 from tests.conftest import PATH, SUB, bearer
 from tests.support import MESSAGES, dump
 

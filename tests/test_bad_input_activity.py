@@ -29,7 +29,7 @@ import redis
 
 from stat_service import create_app
 from stat_service.config import Settings, load_settings
-from stat_service.cursors import Cursors, cursor_key
+from stat_service.rules.cursors import Cursors, cursor_key
 from tests.conftest import PATH, SECRET, SUB, make_token
 from tests.harness import PROMPT, Reply, Service, _chunked, _head
 from tests.support import MESSAGES, delete_prefix, dump

@@ -1,4 +1,4 @@
-"""The fast path of validation (stat_service/fastpath.py) against the slow path.
+"""The fast path of validation (stat_service/rules/fastpath.py) against the slow path.
 
 The fast path is only an accelerator. Whenever it takes an input, the slow
 path (strictjson, too_many_items and marshmallow: the reference) must take it
@@ -48,8 +48,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from stat_service import activity, bulk, fastpath, schemas, strictjson
-from stat_service.schemas import MAX_ID_LENGTH, MAX_SAFE_INTEGER
+from stat_service import activity, bulk
+from stat_service.rules import fastpath, schemas, strictjson
+from stat_service.rules.schemas import MAX_ID_LENGTH, MAX_SAFE_INTEGER
 
 EXAMPLES = int(os.environ.get("STAT_FASTPATH_EXAMPLES", "800"))
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]

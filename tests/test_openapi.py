@@ -21,9 +21,9 @@ from schemathesis.generation import GenerationMode
 
 from stat_service import create_app, openapi
 from stat_service.activity import ACTIVITY, ENDPOINTS, route_template
-from stat_service.cursors import MAX_CHARS
 from stat_service.openapi import IS_DELTA_PATTERN, NO_CONTROL_PATTERN, openapi_bp
-from stat_service.schemas import (
+from stat_service.rules.cursors import MAX_CHARS
+from stat_service.rules.schemas import (
     MAX_SAFE_INTEGER,
     StatBodySchema,
     ViewDataSchema,
