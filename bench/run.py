@@ -447,7 +447,7 @@ def load(client, store, bodies) -> None:
 
 
 def preload(client) -> float:
-    from stat_service.store import StatStore
+    from stat_service.storage.store import StatStore
 
     store = StatStore(client, prefix=KEY_PREFIX)
     rnd = random.Random(20240611)
@@ -478,7 +478,7 @@ def preload(client) -> float:
 
 def measure_memory(client) -> dict:
     """Bytes per record: MEMORY USAGE of the view hashes / records stored."""
-    from stat_service.store import StatStore
+    from stat_service.storage.store import StatStore
 
     store = StatStore(client, prefix=MEMORY_PREFIX)
     rnd = random.Random(1)
@@ -525,7 +525,7 @@ def measure_memory(client) -> dict:
 def script_internal_commands() -> set[str]:
     """Commands the service's Lua scripts call (Redis 7 counts those too)."""
     names = set()
-    for path in (ROOT / "stat_service" / "lua").glob("*.lua"):
+    for path in (ROOT / "stat_service" / "storage" / "lua").glob("*.lua"):
         names.update(
             m.lower()
             for m in re.findall(r"redis\.p?call\(\s*[\"'](\w+)", path.read_text())
@@ -622,7 +622,7 @@ class Bench:
         The scripts are loaded too, so no NOSCRIPT round trip (which only the
         first request after a Redis restart pays) lands in the audit.
         """
-        for path in sorted((ROOT / "stat_service" / "lua").glob("*.lua")):
+        for path in sorted((ROOT / "stat_service" / "storage" / "lua").glob("*.lua")):
             self.client.script_load(path.read_text())
         for target in self.targets.values():
             run_wrk(self.wrk, target.url, "get", 1, self.token, seed=998)
@@ -722,7 +722,7 @@ class Bench:
 
     def check_get_population(self) -> list[int]:
         """Delta PUTs only rewrite existing assets: GETs kept reading 50."""
-        from stat_service.store import StatStore
+        from stat_service.storage.store import StatStore
 
         store = StatStore(self.client, prefix=KEY_PREFIX)
         pipe = self.client.pipeline(transaction=False)

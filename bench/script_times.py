@@ -195,7 +195,7 @@ def _command(entry) -> str:
 
 def stores(client, history: str):
     """StatStores with the bounds each case needs (see cases())."""
-    from stat_service.store import Bounds, StatStore
+    from stat_service.storage.store import Bounds, StatStore
 
     records, favorites, _ = HISTORIES[history]
 
@@ -224,7 +224,7 @@ def expect(condition, what: str):
 
 def refused(call):
     """A call that must raise HistoryFull (the 409): returns the reason."""
-    from stat_service.store import HistoryFull
+    from stat_service.storage.store import HistoryFull
 
     def wrapped():
         try:
@@ -384,7 +384,7 @@ LONGEST_RATING = 0.30000000000000004  # 0.1 + 0.2: 19 characters
 
 def build_long_ids(client) -> list[str]:
     """25 records (a page of 20 and more) under a 256-character subscriber."""
-    from stat_service.store import StatStore
+    from stat_service.storage.store import StatStore
 
     store = StatStore(client, prefix=PREFIX)
     subs = []
@@ -454,7 +454,7 @@ def page_sizes(client, secret: str, long_subs: list[str]) -> dict:
 
 
 def bytes_per_record(client) -> dict:
-    from stat_service.store import StatStore
+    from stat_service.storage.store import StatStore
 
     store = StatStore(client, prefix=PREFIX)
     out = {}
@@ -554,7 +554,7 @@ def main() -> int:
     import redis
 
     from stat_service.config import Settings
-    from stat_service.store import StatStore
+    from stat_service.storage.store import StatStore
 
     def terminate(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")

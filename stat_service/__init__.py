@@ -15,7 +15,7 @@ from .jsonprovider import OrjsonProvider
 from .observability import metrics_bp
 from .openapi import openapi_bp
 from .rules.cursors import Cursors, cursor_key
-from .store import Bounds, StatStore
+from .storage.store import Bounds, StatStore
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _with_dev_key(settings: Settings) -> Settings:
 
 def check_config(config: dict | None = None) -> None:
     """Raise ConfigError for unusable settings, without touching Redis."""
-    from .redis_client import make_client
+    from .storage.client import make_client
 
     settings = _with_dev_key(load_settings(config))
     TokenVerifier(settings)
@@ -68,7 +68,7 @@ def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
     app.url_map.merge_slashes = False
 
     if redis_client is None:
-        from .redis_client import make_client
+        from .storage.client import make_client
 
         redis_client = make_client(settings)
     app.extensions["stat_store"] = StatStore(

@@ -115,8 +115,8 @@ def _store(args):
     """A StatStore on the configured Redis, or an error message."""
     from . import bulk
     from .config import load_settings
-    from .redis_client import make_client
-    from .store import Bounds, StatStore
+    from .storage.client import make_client
+    from .storage.store import Bounds, StatStore
 
     overrides = {"REDIS_URL": args.redis_url} if args.redis_url else {}
     settings = load_settings(overrides)

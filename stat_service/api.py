@@ -12,7 +12,7 @@ from .auth import authorize, require_token
 from .errors import ApiError, error_response
 from .rules import fastpath, strictjson
 from .rules.schemas import id_problem, load_body, too_many_items
-from .store import StatStore
+from .storage.store import StatStore
 
 PREFIX = "/metax/3.0/ui/user/stat"
 _PREFIX_BYTES = (PREFIX + "/").encode()

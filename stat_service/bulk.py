@@ -112,17 +112,11 @@ from redis.cluster import RedisCluster
 from redis.exceptions import AskError, NoScriptError
 
 from .errors import MESSAGES, json_keys, validation_reason
-from .redis_client import real_client, refresh_topology
 from .rules import fastpath, strictjson
 from .rules.schemas import load_body, subscriber_id_problem, too_many_items
-from .store import (
-    RECORD_FIELDS,
-    Bounds,
-    HistoryFull,
-    StatStore,
-    decode_history,
-    hash_tag,
-)
+from .storage.client import real_client, refresh_topology
+from .storage.records import RECORD_FIELDS, decode_history, hash_tag
+from .storage.store import Bounds, HistoryFull, StatStore
 
 EXIT_OK = 0
 EXIT_REJECTS = 1
@@ -722,7 +716,7 @@ class _Inline:
 
 def _worker_main(settings, prefix, validate, delta, tasks, results) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
-    from .redis_client import make_client
+    from .storage.client import make_client
 
     store = StatStore(
         make_client(settings), prefix=prefix, bounds=Bounds.from_settings(settings)
@@ -1014,7 +1008,7 @@ def run_import(
     if options.jobs > 1 and client is not None:
         raise UnusableInput("jobs > 1 makes its own clients from the settings")
     if client is None:
-        from .redis_client import make_client
+        from .storage.client import make_client
 
         client = make_client(settings)
     store = StatStore(

@@ -11,8 +11,8 @@ from redis.exceptions import RedisClusterException
 from werkzeug.exceptions import HTTPException
 
 from .metrics import REDIS_ERRORS
-from .redis_client import NotReplicated
-from .store import HistoryFull
+from .storage.client import NotReplicated
+from .storage.store import HistoryFull
 
 log = logging.getLogger(__name__)
 

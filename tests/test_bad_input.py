@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from stat_service.store import hash_tag
+from stat_service.storage.records import hash_tag
 from tests.conftest import PATH, SECRET, SUB, bearer
 from tests.harness import PROMPT, Reply, Service, _chunked, _head, _read_reply
 from tests.support import MESSAGES, dump

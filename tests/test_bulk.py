@@ -24,7 +24,8 @@ import redis
 from stat_service import bulk
 from stat_service.__main__ import main
 from stat_service.config import load_settings
-from stat_service.store import StatStore, hash_tag
+from stat_service.storage.records import hash_tag
+from stat_service.storage.store import StatStore
 from tests.conftest import PATH, bearer
 from tests.support import RedisServer, delete_prefix
 

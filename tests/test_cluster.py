@@ -29,8 +29,9 @@ from redis.crc import key_slot
 
 from stat_service import bulk, create_app
 from stat_service.config import ConfigError, load_settings
-from stat_service.redis_client import LazyClient, real_client
-from stat_service.store import StatStore, hash_tag
+from stat_service.storage.client import LazyClient, real_client
+from stat_service.storage.records import hash_tag
+from stat_service.storage.store import StatStore
 from tests.cluster import LocalCluster
 from tests.conftest import PATH, SECRET, bearer
 from tests.harness import PROMPT, assert_prompt_503, poll

@@ -46,7 +46,8 @@ proves that:
   positions rising; the favorites a write leaves alone keep theirs, the
   others' are learned, see ``ReferenceModel``) and one hash per subscriber
   with records (fields and encoded values), in the key schema and record
-  encoding documented in ``stat_service/store.py``.
+  encoding documented in ``stat_service/storage/store.py`` and
+  ``stat_service/storage/records.py``.
 
 Run it longer by hand with environment variables (``-s`` prints the counts):
 

@@ -17,7 +17,7 @@ import uuid
 import pytest
 import redis
 
-from stat_service.store import hash_tag
+from stat_service.storage.records import hash_tag
 from tests.conftest import PATH, SECRET
 from tests.harness import (
     PROMPT,

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 import redis
 
-from stat_service.store import Bounds, StatStore
+from stat_service.storage.store import Bounds, StatStore
 from tests.support import RedisServer
 
 pytestmark = pytest.mark.real_redis

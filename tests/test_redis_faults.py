@@ -18,7 +18,7 @@ import redis
 
 from stat_service import create_app
 from stat_service.config import Settings
-from stat_service.store import StatStore
+from stat_service.storage.store import StatStore
 from tests.conftest import PATH, SECRET, make_token
 from tests.harness import (
     PROMPT,

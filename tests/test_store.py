@@ -8,13 +8,13 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from stat_service.store import (
+from stat_service.storage.records import (
     RECORD_FIELDS,
-    StatStore,
     decode_record,
     encode_record,
     hash_tag,
 )
+from stat_service.storage.store import StatStore
 from tests.support import RedisServer
 
 AWKWARD_IDS = [

@@ -1,7 +1,7 @@
 """Redis storage of subscriber histories, usable without Flask.
 
 Key schema (``P`` is ``KEY_PREFIX``, default ``stat:``; ``T`` is the
-subscriber's hash tag, see below):
+subscriber's hash tag, see records.py):
 
 ========================  ==========  =========================================
 key                       Redis type  content
@@ -11,24 +11,11 @@ key                       Redis type  content
                                       order), so ``ZRANGE 0 -1`` gives them in
                                       the order they were sent
 ``P{T}:view``             hash        the view data: field = asset id, value =
-                                      the asset's record, encoded as below
+                                      the asset's record, encoded as records.py
+                                      says
 ========================  ==========  =========================================
 
-Hash tag ``T``: the subscriber id, UTF-8, with ``%`` written ``%25``, ``{``
-written ``%7B`` and ``}`` written ``%7D``. Escaping ``%`` keeps the mapping
-one-to-one (two ids never share keys) and no ``}`` can end the tag early, so
-both keys of a subscriber always hash to one Redis Cluster slot and every
-script touches a single slot. ``KEY_PREFIX`` may not contain braces.
-
-Record encoding: the five fields in the order of ``RECORD_FIELDS``, each
-as decimal text (integers exactly as sent; a rating as Python's shortest
-repr of the float, so ``3.50`` is kept as ``3.5``), separated by ``|``; an absent
-field is an empty slot and trailing empty slots are dropped. So ``3|5400``
-is play_count 3 and view_time 5400, ``||310|1764000000000`` is a pause
-position and a last-played time, and ``""`` is a record with no fields.
-A hash per subscriber with compact values costs ~50 bytes a record (up
-to 512 records, a listpack) to ~105 (a full history of 5,000), a fraction
-of a hash per asset (see the README's storage section).
+Hash tag ``T`` and record encoding: see records.py.
 
 Positions in the favorites set are what a page cursor names, so they stay
 where they are while the list changes (API.md section 9): an add takes the
@@ -49,25 +36,17 @@ from dataclasses import dataclass
 
 from redis.exceptions import NoScriptError
 
-from .metrics import SCRIPT_CALLS
-from .redis_client import call_and_wait, ping
-
-RECORD_FIELDS = (
-    "play_count",
-    "view_time",
-    "pause_time",
-    "last_played_on",
-    "user_rating",
+from ..metrics import SCRIPT_CALLS
+from .client import call_and_wait, ping
+from .records import (
+    as_text,
+    collapse,
+    decode_history,
+    decode_record,
+    dedupe,
+    encode_record,
+    hash_tag,
 )
-_INT_FIELDS = frozenset(RECORD_FIELDS[:4])
-_REMOVE = "-"  # patch slot: remove the stored value (a value is never "-")
-_FIELD_INDEX = {name: i for i, name in enumerate(RECORD_FIELDS)}
-_TAG_ESCAPES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
-
-
-def hash_tag(subscriber_id: str) -> str:
-    """The subscriber's Redis Cluster hash tag, braces included."""
-    return "{" + subscriber_id.translate(_TAG_ESCAPES) + "}"
 
 
 def _load_lua(name: str, *helpers: str) -> str:
@@ -76,88 +55,6 @@ def _load_lua(name: str, *helpers: str) -> str:
     folder = importlib.resources.files(__package__).joinpath("lua")
     parts = [folder.joinpath(f"{part}.lua").read_text() for part in (*helpers, name)]
     return "\n".join(parts)
-
-
-def format_value(value: int | float) -> str:
-    """The text stored for a validated number: ints stay ints, floats keep
-    their shortest repr (``str`` of a float is its repr)."""
-    return str(value)
-
-
-def _rating(text: str) -> int | float:
-    # A float's repr always has "." or "e"; an int's text never does.
-    return float(text) if "." in text or "e" in text else int(text)
-
-
-# How each slot is read back: ints stay ints, the rating keeps its JSON type.
-_PARSERS = tuple(zip(RECORD_FIELDS, (int, int, int, int, _rating), strict=True))
-
-
-def encode_record(record: dict, *, patch: bool = False) -> str:
-    """Encode a record's fields, in RECORD_FIELDS order (other keys, such as
-    ``asset_id``, are not looked at).
-
-    For storage (``patch=False``) a ``None`` value counts as absent. For a
-    delta (``patch=True``) it becomes "-": the script removes that field.
-    """
-    get = record.get
-    if patch:
-        # An absent field reads as "" (str("") is ""), a null as "-".
-        slots = [
-            _REMOVE if (value := get(name, "")) is None else str(value)
-            for name in RECORD_FIELDS
-        ]
-    else:
-        slots = [
-            "" if (value := get(name)) is None else str(value) for name in RECORD_FIELDS
-        ]
-    return "|".join(slots).rstrip("|")
-
-
-def decode_record(asset_id: str, text: str) -> dict:
-    record: dict = {"asset_id": asset_id}
-    if text:
-        # The hot loop of a GET: builtins only, no call per slot of our own.
-        for (name, parse), slot in zip(_PARSERS, text.split("|"), strict=False):
-            if slot:
-                record[name] = parse(slot)
-    return record
-
-
-def _recency_key(record: dict):
-    # Most recently played first, never-played last, then asset id ascending.
-    played = record.get("last_played_on")
-    return (played is None, -(played or 0), record["asset_id"])
-
-
-def dedupe(favorites) -> list[str]:
-    """Favorites in order, a repeated guid kept once at its first position."""
-    return list(dict.fromkeys(favorites))
-
-
-def collapse(view_data, *, delta: bool) -> dict[str, dict]:
-    """One field mapping per asset, in first-seen order; later objects win.
-
-    In delta mode a ``None`` is kept (it removes the stored field); in
-    overwrite mode it is the same as leaving the field out. A mapping may
-    be the body's own object, ``asset_id`` included (``encode_record``
-    skips it); objects of a repeated asset are merged into a copy.
-    """
-    merged: dict[str, dict] = {}
-    copies: set[str] = set()
-    for item in view_data:
-        asset_id = item["asset_id"]
-        earlier = merged.get(asset_id)
-        if earlier is None:
-            merged[asset_id] = item
-            continue
-        if asset_id not in copies:  # never change the caller's object
-            copies.add(asset_id)
-            earlier = merged[asset_id] = dict(earlier)
-        for name, value in item.items():
-            if value is not None or delta:
-                earlier[name] = value
-    return merged
 
 
 @dataclass(frozen=True)
@@ -387,7 +284,7 @@ class StatStore:
         """One asset's record as section 2 shows it, or None."""
         views = self.keys(subscriber_id)[1]
         text = _run("record_get", call_script, self._record_get, (views,), (asset_id,))
-        return None if text is None else decode_record(asset_id, _text(text))
+        return None if text is None else decode_record(asset_id, as_text(text))
 
     def favorites_page(
         self, subscriber_id: str, size: int, after: float | None = None
@@ -398,7 +295,7 @@ class StatStore:
         args = (size, "" if after is None else repr(after))
         reply = _run("fav_page", call_script, self._fav_page, (fav,), args)
         flat = reply[1:]
-        page = [(_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        page = [(as_text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
         return int(reply[0]), page
 
     def records_page(
@@ -417,22 +314,10 @@ class StatStore:
         reply = _run("view_page", call_script, self._view_page, (views,), args)
         flat = reply[1:]
         page = [
-            decode_record(_text(flat[i]), _text(flat[i + 1]))
+            decode_record(as_text(flat[i]), as_text(flat[i + 1]))
             for i in range(0, len(flat), 2)
         ]
         return int(reply[0]), page
-
-
-def decode_history(reply) -> dict:
-    """A subscriber's history from the read script's reply (see read.lua)."""
-    favorites, _, views = _text(reply).partition("\x1e")
-    flat = views.split("\x1f") if views else []
-    records = [decode_record(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-    records.sort(key=_recency_key)
-    return {
-        "favorites": favorites.split("\x1f") if favorites else [],
-        "view_data": records,
-    }
 
 
 def call_script(script, keys, args):
@@ -459,7 +344,3 @@ def _run(name: str, call, *args):
         raise
     SCRIPT_CALLS.labels(name, "ok").inc()
     return reply
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value

@@ -22,7 +22,7 @@ from redis.connection import Encoder
 from redis.exceptions import AskError, NoScriptError, RedisClusterException
 from redis.retry import Retry
 
-from .config import Settings
+from ..config import Settings
 
 _ENCODER = Encoder("utf-8", "strict", False)  # redis-py's default, for scripts
 
@@ -216,7 +216,7 @@ def detect_at_start(log, environ=None) -> None:
     nothing but errors). When Redis does not answer yet, nothing is settled:
     each worker detects on its first request.
     """
-    from .config import ConfigError, load_settings
+    from ..config import ConfigError, load_settings
 
     environ = os.environ if environ is None else environ
     settings = load_settings(environ=environ)
