@@ -39,7 +39,7 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # Which proxies may set X-Forwarded-* (comma-separated IPs, or *).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # Everything on stdout, in LOG_FORMAT (json by default), like the app's logs.
-logger_class = "stat_service.logs.GunicornLogger"
+logger_class = "stat_service.ops.logs.GunicornLogger"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # The app logs one JSON line per request; gunicorn's access log is opt-in.

@@ -7,13 +7,14 @@ import logging
 
 from flask import Flask
 
-from . import activity, devsecret, errors, logs, observability
+from . import activity, devsecret, errors, observability
 from .api import RestOfPath, probes_bp, stat_bp
 from .auth import TokenVerifier
 from .config import ConfigError, Settings, load_settings
 from .jsonprovider import OrjsonProvider
 from .observability import metrics_bp
 from .openapi import openapi_bp
+from .ops import logs
 from .rules.cursors import Cursors, cursor_key
 from .storage.store import Bounds, StatStore
 

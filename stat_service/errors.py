@@ -10,7 +10,7 @@ from marshmallow import ValidationError
 from redis.exceptions import RedisClusterException
 from werkzeug.exceptions import HTTPException
 
-from .metrics import REDIS_ERRORS
+from .ops.metrics import REDIS_ERRORS
 from .storage.client import NotReplicated
 from .storage.store import HistoryFull
 

@@ -46,7 +46,7 @@ from gunicorn import http, util
 from gunicorn.workers.ggevent import GeventWorker
 
 from .config import load_settings
-from .metrics import (
+from .ops.metrics import (
     CONNECTIONS_OPEN,
     METHOD_LABELS,
     READ_TIMEOUTS,

@@ -17,7 +17,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from stat_service import StatStore, create_app
-from stat_service.logs import JsonFormatter
+from stat_service.ops.logs import JsonFormatter
 from tests.conftest import PATH, SECRET, SUB, bearer, make_token
 from tests.harness import HeldRequest, admin, poll, unique
 from tests.support import free_port

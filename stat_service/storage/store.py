@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import NoScriptError
 
-from ..metrics import SCRIPT_CALLS
+from ..ops.metrics import SCRIPT_CALLS
 from .client import call_and_wait, ping
 from .records import (
     as_text,

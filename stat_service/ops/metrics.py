@@ -29,7 +29,7 @@ SCRIPT_CALLS = Counter(
     ["script", "outcome"],
 )
 
-# Serving (stat_service/worker.py): live gauges are summed over live workers.
+# Serving (stat_service/serving/worker.py): live gauges are summed over live workers.
 CONNECTIONS_OPEN = Gauge(
     "stat_connections_open",
     "Client connections open, idle and slow ones included.",
