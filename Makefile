@@ -44,7 +44,7 @@ format: $(VENV)/.installed ## apply ruff format and fixes
 
 token: $(VENV)/.installed ## print a dev token: make token SUB=user@example.org [ADMIN=1]
 	JWT_DEV_SECRET_FILE="$(CURDIR)/.dev-secret" \
-	$(PY) -m stat_service.devtoken $(if $(ADMIN),--admin) "$(SUB)"
+	$(PY) -m stat_service.local.devtoken $(if $(ADMIN),--admin) "$(SUB)"
 
 clean: ## remove .venv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

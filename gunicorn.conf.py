@@ -59,7 +59,7 @@ def on_starting(server):
             os.unlink(os.path.join(metrics_dir, name))
 
     from stat_service import ConfigError, check_config, serving
-    from stat_service.embedded import ensure_redis
+    from stat_service.local.embedded import ensure_redis
     from stat_service.storage.client import detect_at_start
 
     serving.install()  # gunicorn's own error pages as MetaX JSON, not HTML

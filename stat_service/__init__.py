@@ -7,11 +7,12 @@ import logging
 
 from flask import Flask
 
-from . import activity, devsecret, errors, observability
+from . import activity, errors, observability
 from .api import RestOfPath, probes_bp, stat_bp
 from .auth import TokenVerifier
 from .config import ConfigError, Settings, load_settings
 from .jsonprovider import OrjsonProvider
+from .local import devsecret
 from .observability import metrics_bp
 from .openapi import openapi_bp
 from .ops import logs

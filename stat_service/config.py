@@ -54,7 +54,7 @@ class Settings:
     JWT_PUBLIC_KEY: str | None = None
     JWT_JWKS_URL: str | None = None
     # With none of the three keys above: the development secret in this file,
-    # made when missing (set by make run and make token; devsecret.py).
+    # made when missing (set by make run and make token; local/devsecret.py).
     JWT_DEV_SECRET_FILE: str | None = None
     JWT_JWKS_TIMEOUT: float = 1.0
     JWT_JWKS_CACHE_SECONDS: int = 300

@@ -11,8 +11,9 @@ import fakeredis
 import jwt
 import pytest
 
-from stat_service import check_config, create_app, devsecret, devtoken
+from stat_service import check_config, create_app
 from stat_service.config import ConfigError, Settings, load_settings
+from stat_service.local import devsecret, devtoken
 from tests.conftest import PATH
 
 KEY = {"JWT_SECRET": "a-secret-of-at-least-thirty-two-bytes!!"}

@@ -303,11 +303,11 @@ def test_paused_redis_is_prompt_503_without_worker_timeout(spawn, private_redis)
 
 
 def devtoken(sub: str, secret_file) -> str:
-    """``make token SUB=sub``: python -m stat_service.devtoken, no JWT_SECRET."""
+    """``make token SUB=sub``: python -m stat_service.local.devtoken, no JWT_SECRET."""
     env = {k: v for k, v in os.environ.items() if k != "JWT_SECRET"}
     env["JWT_DEV_SECRET_FILE"] = str(secret_file)
     done = subprocess.run(
-        [sys.executable, "-m", "stat_service.devtoken", sub],
+        [sys.executable, "-m", "stat_service.local.devtoken", sub],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -1,4 +1,5 @@
-"""Print a signed HS256 token for local use: ``python -m stat_service.devtoken SUB``.
+"""Print a signed HS256 token for local use:
+``python -m stat_service.local.devtoken SUB``.
 
 Signed with JWT_SECRET when set, else with the development secret in the
 file JWT_DEV_SECRET_FILE names, made when missing (``make token`` and
@@ -13,8 +14,8 @@ import time
 
 import jwt
 
+from ..config import ConfigError
 from . import devsecret
-from .config import ConfigError
 
 
 def main(argv=None) -> None:

@@ -16,7 +16,7 @@ import secrets
 import stat
 import tempfile
 
-from .config import ConfigError
+from ..config import ConfigError
 
 SETTING = "JWT_DEV_SECRET_FILE"
 ANNOUNCEMENT = (
@@ -24,7 +24,7 @@ ANNOUNCEMENT = (
     "set JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL in production"
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("stat_service.devsecret")
 # Paths announced by this process, or by the gunicorn master it was forked
 # from: one loud line per start, not one per worker.
 _announced: set[str] = set()
