@@ -7,10 +7,11 @@ import logging
 
 from flask import Flask
 
-from . import activity, errors, observability
+from . import activity, observability
 from .api import RestOfPath, probes_bp, stat_bp
 from .auth import TokenVerifier
 from .config import ConfigError, Settings, load_settings
+from .http import errors
 from .jsonprovider import OrjsonProvider
 from .local import devsecret
 from .observability import metrics_bp

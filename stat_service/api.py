@@ -9,7 +9,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from .auth import authorize, require_token
-from .errors import ApiError, error_response
+from .errors import ApiError
+from .http.errors import error_response
 from .rules import fastpath, strictjson
 from .rules.schemas import id_problem, load_body, too_many_items
 from .storage.store import StatStore
