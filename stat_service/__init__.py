@@ -1,96 +1,53 @@
-"""stat_service: subscribers' favorites and viewing history, stored in Redis."""
+"""stat_service: subscribers' favorites and viewing history, stored in Redis.
+
+A folder per part, each importing only the parts below it
+(tests/test_layout.py checks the arrows):
+
+- ``http/``: the Flask app (``create_app``), its views, the OpenAPI document;
+- ``serving/``: the gunicorn side: the ``StatWorker`` worker class, and
+  gunicorn's own error pages as MetaX JSON;
+- ``bulk/``: ``python -m stat_service import|export|erase``, without Flask;
+- ``rules/``: what a valid request is (strict JSON, the schemas, their fast
+  path, page cursors);
+- ``storage/``: Redis (the client, ``StatStore`` and its Lua scripts, the
+  record encoding);
+- ``ops/``: metrics and logs;
+- ``local/``: ``make run`` and ``make token`` on a bare machine;
+- ``config.py`` (every setting) and ``errors.py`` (the error vocabulary).
+
+``create_app``, ``check_config``, ``ConfigError`` and ``StatStore`` are
+exported here lazily (PEP 562): ``from stat_service import create_app``
+works, and importing a part without Flask does not import Flask.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import logging
+import importlib
+from typing import TYPE_CHECKING
 
-from flask import Flask
-
-from . import activity, observability
-from .api import RestOfPath, probes_bp, stat_bp
-from .auth import TokenVerifier
-from .config import ConfigError, Settings, load_settings
-from .http import errors
-from .jsonprovider import OrjsonProvider
-from .local import devsecret
-from .observability import metrics_bp
-from .openapi import openapi_bp
-from .ops import logs
-from .rules.cursors import Cursors, cursor_key
-from .storage.store import Bounds, StatStore
-
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .config import ConfigError
+    from .http.app import check_config, create_app
+    from .storage.store import StatStore
 
 __all__ = ["create_app", "check_config", "ConfigError", "StatStore"]
 
-
-def _with_dev_key(settings: Settings) -> Settings:
-    """With no key configured, the development secret of make run, if opted in.
-
-    JWT_DEV_SECRET_FILE (set by make run and make token) names the file; it
-    is made when missing. The first process to get here says so loudly: under
-    gunicorn the master (check_config, before forking), not every worker.
-    """
-    path = settings.JWT_DEV_SECRET_FILE
-    if not path or (
-        settings.JWT_SECRET or settings.JWT_PUBLIC_KEY or settings.JWT_JWKS_URL
-    ):
-        return settings
-    secret = devsecret.load_or_create(path)
-    # Not set up yet in gunicorn's master (create_app does it in workers).
-    logs.configure(settings.LOG_LEVEL, settings.LOG_FORMAT)
-    devsecret.announce(path)
-    return dataclasses.replace(settings, JWT_SECRET=secret)
+_EXPORTS = {
+    "create_app": "stat_service.http.app",
+    "check_config": "stat_service.http.app",
+    "ConfigError": "stat_service.config",
+    "StatStore": "stat_service.storage.store",
+}
 
 
-def check_config(config: dict | None = None) -> None:
-    """Raise ConfigError for unusable settings, without touching Redis."""
-    from .storage.client import make_client
-
-    settings = _with_dev_key(load_settings(config))
-    TokenVerifier(settings)
-    try:
-        make_client(settings).close()  # parses REDIS_URL; connects lazily
-    except ValueError as exc:
-        raise ConfigError(f"REDIS_URL: {exc}") from None
+def __getattr__(name: str):
+    where = _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value  # looked up once
+    return value
 
 
-def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
-    """Build the app: defaults, then the environment, then ``config``."""
-    settings = load_settings(config)
-    logs.configure(settings.LOG_LEVEL, settings.LOG_FORMAT)
-    settings = _with_dev_key(settings)
-
-    app = Flask(__name__)
-    app.json = OrjsonProvider(app)
-    app.config.update(config or {})
-    app.config["STAT"] = settings
-    app.config["MAX_CONTENT_LENGTH"] = settings.MAX_BODY_BYTES
-    app.url_map.converters["rest"] = RestOfPath
-    app.url_map.merge_slashes = False
-
-    if redis_client is None:
-        from .storage.client import make_client
-
-        redis_client = make_client(settings)
-    app.extensions["stat_store"] = StatStore(
-        redis_client,
-        prefix=settings.KEY_PREFIX,
-        min_replicas=settings.REDIS_MIN_REPLICAS_ACK,
-        wait_timeout_ms=settings.REDIS_WAIT_TIMEOUT_MS,
-        bounds=Bounds.from_settings(settings),
-    )
-    app.extensions["stat_auth"] = TokenVerifier(settings)
-    app.extensions["stat_cursors"] = Cursors(
-        cursor_key(settings), settings.CURSOR_MAX_AGE
-    )
-
-    errors.register(app)
-    observability.install(app)
-    app.register_blueprint(stat_bp)
-    activity.install(app)
-    app.register_blueprint(probes_bp)
-    app.register_blueprint(metrics_bp)
-    app.register_blueprint(openapi_bp)
-    return app
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -588,7 +588,7 @@ def clock(monkeypatch):
     shim.time = lambda: time.time() + shim.offset
     monkeypatch.setattr(jwt.jwks_client, "time", shim)
     monkeypatch.setattr(jwt.jwk_set_cache, "time", shim)
-    monkeypatch.setattr(sys.modules["stat_service.auth"], "time", shim)
+    monkeypatch.setattr(sys.modules["stat_service.http.auth"], "time", shim)
     return shim
 
 

@@ -48,7 +48,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from stat_service import activity, bulk
+from stat_service import bulk
+from stat_service.http import activity
 from stat_service.rules import fastpath, schemas, strictjson
 from stat_service.rules.schemas import MAX_ID_LENGTH, MAX_SAFE_INTEGER
 

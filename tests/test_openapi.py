@@ -19,9 +19,11 @@ from openapi_spec_validator import validate
 from schemathesis.engine import events, from_schema
 from schemathesis.generation import GenerationMode
 
-from stat_service import create_app, openapi
-from stat_service.activity import ACTIVITY, ENDPOINTS, route_template
-from stat_service.openapi import IS_DELTA_PATTERN, NO_CONTROL_PATTERN, openapi_bp
+from stat_service import create_app
+from stat_service.http import openapi
+from stat_service.http.activity import ACTIVITY, ENDPOINTS, route_template
+from stat_service.http.openapi import openapi_bp
+from stat_service.http.openapi_schemas import IS_DELTA_PATTERN, NO_CONTROL_PATTERN
 from stat_service.rules.cursors import MAX_CHARS
 from stat_service.rules.schemas import (
     MAX_SAFE_INTEGER,

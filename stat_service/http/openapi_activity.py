@@ -9,6 +9,8 @@ from __future__ import annotations
 from marshmallow import fields
 from marshmallow.validate import OneOf
 
+from ..rules.cursors import MAX_CHARS
+from ..rules.schemas import MAX_ID_LENGTH, MAX_SAFE_INTEGER, Count, Guid, Rating
 from .activity import (
     ENDPOINTS,
     PAGE_SIZE,
@@ -17,7 +19,7 @@ from .activity import (
     TYPES,
     route_template,
 )
-from .openapi import (
+from .openapi_schemas import (
     _EVICTED,
     NO_CONTROL_PATTERN,
     SubscriberId,
@@ -26,8 +28,6 @@ from .openapi import (
     _ref,
     _Response,
 )
-from .rules.cursors import MAX_CHARS
-from .rules.schemas import MAX_ID_LENGTH, MAX_SAFE_INTEGER, Count, Guid, Rating
 
 
 class _Success(_Response):

@@ -23,7 +23,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from .ops.metrics import LATENCY, METHOD_LABELS, REQUESTS
+from ..ops.metrics import LATENCY, METHOD_LABELS, REQUESTS
 
 access_log = logging.getLogger("stat_service.access")
 

@@ -8,12 +8,12 @@ from flask import Blueprint, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
+from ..errors import ApiError
+from ..rules import fastpath, strictjson
+from ..rules.schemas import id_problem, load_body, too_many_items
+from ..storage.store import StatStore
 from .auth import authorize, require_token
-from .errors import ApiError
-from .http.errors import error_response
-from .rules import fastpath, strictjson
-from .rules.schemas import id_problem, load_body, too_many_items
-from .storage.store import StatStore
+from .errors import error_response
 
 PREFIX = "/metax/3.0/ui/user/stat"
 _PREFIX_BYTES = (PREFIX + "/").encode()

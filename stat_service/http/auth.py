@@ -11,10 +11,10 @@ from pathlib import Path
 import jwt
 from flask import current_app, g, request
 
-from .config import ConfigError, Settings
-from .errors import ApiError
+from ..config import ConfigError, Settings
+from ..errors import ApiError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("stat_service.auth")
 
 _HMAC = ("HS256", "HS384", "HS512")
 _ASYMMETRIC = (

@@ -22,7 +22,13 @@ from flask import current_app, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.routing import Rule
 
-from .api import (
+from ..errors import ApiError
+from ..rules import fastpath, strictjson
+from ..rules.cursors import CursorError, Cursors
+from ..rules.schemas import Count, Rating
+from .auth import authenticate
+from .observability import UNMATCHED
+from .views import (
     check_content_type,
     decode_id,
     read_body,
@@ -30,12 +36,6 @@ from .api import (
     store,
     subscriber,
 )
-from .auth import authenticate
-from .errors import ApiError
-from .observability import UNMATCHED
-from .rules import fastpath, strictjson
-from .rules.cursors import CursorError, Cursors
-from .rules.schemas import Count, Rating
 
 ACTIVITY = "/metax/2.1/activity"
 ENDPOINT = "activity.dispatch"  # of the family's one URL rule
@@ -51,7 +51,7 @@ _LIMIT = re.compile(r"[1-9][0-9]{0,2}")
 # that field's JSON value would be, then checked by the same marshmallow field.
 _COUNT = Count()
 _RATING = Rating()
-# The same rules compiled (fastpath.py); marshmallow runs when they say no.
+# The same rules compiled (rules/fastpath.py); marshmallow runs when they say no.
 _FAST_CHECKS = {
     field: fastpath.compile_field_check(field) for field in (_COUNT, _RATING)
 }
