@@ -20,7 +20,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2)
 # gevent-based: a slow or idle connection costs a greenlet, not a worker; the
 # whole request is read under REQUEST_READ_TIMEOUT before the app runs, and
 # at most MAX_IN_FLIGHT requests run at once per worker (README: Slow clients).
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "stat_service.worker.StatWorker")
+worker_class = os.environ.get(
+    "GUNICORN_WORKER_CLASS", "stat_service.serving.worker.StatWorker"
+)
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 # Connections one worker holds open (idle and slow ones too) before it stops
 # accepting; the others accept meanwhile.
@@ -58,11 +60,12 @@ def on_starting(server):
         if name.endswith(".db"):
             os.unlink(os.path.join(metrics_dir, name))
 
-    from stat_service import ConfigError, check_config, serving
+    from stat_service import ConfigError, check_config
     from stat_service.local.embedded import ensure_redis
+    from stat_service.serving import pages
     from stat_service.storage.client import detect_at_start
 
-    serving.install()  # gunicorn's own error pages as MetaX JSON, not HTML
+    pages.install()  # gunicorn's own error pages as MetaX JSON, not HTML
 
     ensure_redis(server.log)
     try:

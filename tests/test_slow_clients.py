@@ -1,6 +1,6 @@
 """Slow clients and floods under gunicorn (API.md section 10).
 
-The service runs as deployed (stat_service.worker.StatWorker, 2 workers), with
+The service runs as deployed (stat_service.serving.worker.StatWorker, 2 workers), with
 REQUEST_READ_TIMEOUT=2 and GUNICORN_KEEPALIVE=1 to keep the tests short. Slow
 connections come from tests/loadgen.py: trickling headers, trickling a body,
 sending nothing, idle after one keep-alive answer.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import orjson
 from gunicorn import util
 
-from .errors import MESSAGES
+from ..errors import MESSAGES
 
 
 def write_json_error(sock, status_int: int, reason: str, mesg: str) -> None:

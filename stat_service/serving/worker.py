@@ -45,8 +45,8 @@ from gevent.socket import wait_read
 from gunicorn import http, util
 from gunicorn.workers.ggevent import GeventWorker
 
-from .config import load_settings
-from .ops.metrics import (
+from ..config import load_settings
+from ..ops.metrics import (
     CONNECTIONS_OPEN,
     METHOD_LABELS,
     READ_TIMEOUTS,
