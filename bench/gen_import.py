@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stat_service.bulk import CSV_COLUMNS  # noqa: E402
+from stat_service.bulk.sources import CSV_COLUMNS  # noqa: E402
 from stat_service.storage.records import RECORD_FIELDS  # noqa: E402
 
 COLUMNS = CSV_COLUMNS

@@ -12,7 +12,8 @@ import fakeredis
 import pytest
 import redis
 
-from stat_service import ConfigError, bulk, create_app
+from stat_service import ConfigError, create_app
+from stat_service.bulk import importer
 from stat_service.config import load_settings
 from tests.conftest import PATH, SECRET, SUB, bearer
 from tests.support import MESSAGES, close_client, delete_prefix
@@ -501,9 +502,9 @@ def test_a_bulk_line_past_the_bounds_is_a_reject_with_the_apis_409(
     path = tmp_path / "in.jsonl"
     path.write_text("\n".join(lines) + "\n")
     rejects = tmp_path / "rejects.jsonl"
-    options = bulk.ImportOptions(path=str(path), delta=delta, rejects=str(rejects))
+    options = importer.ImportOptions(path=str(path), delta=delta, rejects=str(rejects))
     conf = load_settings({**settings, **bounds})
-    report = bulk.run_import(options, conf, client=redis_client)
+    report = importer.run_import(options, conf, client=redis_client)
     got = [json.loads(x) for x in rejects.read_text().splitlines()]
     expected = [
         {

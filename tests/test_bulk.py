@@ -21,8 +21,8 @@ import fakeredis
 import pytest
 import redis
 
-from stat_service import bulk
 from stat_service.__main__ import main
+from stat_service.bulk import export, importer, sources
 from stat_service.config import load_settings
 from stat_service.storage.records import hash_tag
 from stat_service.storage.store import StatStore
@@ -64,14 +64,14 @@ def write(path: Path, data: bytes | str) -> Path:
     return path
 
 
-def run(path, settings, client, **options) -> bulk.ImportReport:
-    opts = bulk.ImportOptions(path=str(path), **options)
-    return bulk.run_import(opts, settings, client=client)
+def run(path, settings, client, **options) -> importer.ImportReport:
+    opts = importer.ImportOptions(path=str(path), **options)
+    return importer.run_import(opts, settings, client=client)
 
 
 def exported(store: StatStore) -> bytes:
     out = io.BytesIO()
-    bulk.export(store, out)
+    export.export(store, out)
     return out.getvalue()
 
 
@@ -148,20 +148,20 @@ def cli_env(monkeypatch, real_redis_url, key_prefix, real):
 def test_subscriber_id_from_key_inverts_hash_tag(subscriber_id):
     store = StatStore(fakeredis.FakeRedis(), prefix="p:x*:")
     fav, view = store.keys(subscriber_id)
-    assert bulk.subscriber_id_from_key(fav, "p:x*:") == (subscriber_id, "fav")
-    assert bulk.subscriber_id_from_key(view, "p:x*:") == (subscriber_id, "view")
-    assert bulk.subscriber_id_from_tag(hash_tag(subscriber_id)[1:-1]) == subscriber_id
+    assert export.subscriber_id_from_key(fav, "p:x*:") == (subscriber_id, "fav")
+    assert export.subscriber_id_from_key(view, "p:x*:") == (subscriber_id, "view")
+    assert export.subscriber_id_from_tag(hash_tag(subscriber_id)[1:-1]) == subscriber_id
 
 
 @pytest.mark.parametrize(
     "key", ["p:{a}:other", "q:{a}:fav", "p:{a%}:fav", "p:{a{b}:view", "p:a:fav"]
 )
 def test_keys_not_written_by_the_store_are_not_subscribers(key):
-    assert bulk.subscriber_id_from_key(key, "p:") is None
+    assert export.subscriber_id_from_key(key, "p:") is None
 
 
 def test_seen_ids_detects_every_repeat_across_growth():
-    seen = bulk.SeenIds()
+    seen = sources.SeenIds()
     ids = [f"user{i}" for i in range(5000)]
     assert all(seen.add(i) for i in ids)
     assert not any(seen.add(i) for i in ids)
@@ -471,7 +471,7 @@ def test_csv_too_many_rows_for_a_subscriber_is_payload_too_large(
 )
 def test_an_unusable_csv_header_aborts_before_writing(conf, fake, tmp_path, header):
     path = write(tmp_path / "in.csv", header + "s,a,1\n" if header else "")
-    with pytest.raises(bulk.UnusableInput):
+    with pytest.raises(sources.UnusableInput):
         run(path, conf, fake, format="csv")
     assert exported(StatStore(fake, conf.KEY_PREFIX)) == b""
 
@@ -718,8 +718,8 @@ def test_jobs_split_by_subscriber_and_keep_each_ones_order(
     items.insert(100, {"subscriber_id": "bad", "favorites": [1]})
     path = write(tmp_path / "in.jsonl", jsonl(items))
     rejects, checkpoint = tmp_path / "r.jsonl", tmp_path / "ck.json"
-    report = bulk.run_import(
-        bulk.ImportOptions(
+    report = importer.run_import(
+        importer.ImportOptions(
             path=str(path),
             jobs=2,
             batch=10,

@@ -27,7 +27,8 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from stat_service import bulk, create_app
+from stat_service import create_app
+from stat_service.bulk import export, importer
 from stat_service.config import ConfigError, load_settings
 from stat_service.storage.client import LazyClient, real_client
 from stat_service.storage.records import hash_tag
@@ -187,19 +188,19 @@ def test_bulk_import_and_export_cover_every_primary(
     ]
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps(x) + "\n" for x in items))
-    report = bulk.run_import(bulk.ImportOptions(path=str(source)), settings)
+    report = importer.run_import(importer.ImportOptions(path=str(source)), settings)
     assert (report.applied, report.rejected) == (400, 0)
     store = StatStore(bulk_client := LazyClient(settings), prefix=key_prefix)
     try:
         cluster = real_client(bulk_client)
         per_primary = [
             len(list(server.scan_iter(match=key_prefix + "*")))
-            for server in bulk.scan_targets(bulk_client)
+            for server in export.scan_targets(bulk_client)
         ]
         assert len(per_primary) == 3 and min(per_primary) > 0, per_primary
         assert sum(per_primary) == 800  # two keys a subscriber
         out = io.BytesIO()
-        assert bulk.export(store, out) == 400
+        assert export.export(store, out) == 400
         exported = {
             doc.pop("subscriber_id"): doc
             for doc in map(json.loads, out.getvalue().splitlines())

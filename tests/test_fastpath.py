@@ -48,7 +48,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from stat_service import bulk
+from stat_service.bulk import checks
 from stat_service.http import activity
 from stat_service.rules import fastpath, schemas, strictjson
 from stat_service.rules.schemas import MAX_ID_LENGTH, MAX_SAFE_INTEGER
@@ -108,7 +108,7 @@ def slow_body(raw: bytes, max_items: int, subscriber_id):
 
 
 def slow_line(raw: bytes, max_items: int):
-    """bulk.JsonlValidator without the fast path: (subscriber id, body)."""
+    """checks.JsonlValidator without the fast path: (subscriber id, body)."""
     try:
         data = _loads(raw)
     except _JSONBodyError:
@@ -225,7 +225,7 @@ class LineCase:
             return outcome, problem
         # The importer as a whole (the fast path, then the slow one) gives
         # what the slow path alone gives.
-        validator = bulk.JsonlValidator(self.max_items, 1 << 20)
+        validator = checks.JsonlValidator(self.max_items, 1 << 20)
         try:
             got = validator((1, 1, 1, self.raw))
         except Exception as exc:
@@ -1378,7 +1378,7 @@ def test_the_line_reference_is_the_importers_slow_path(monkeypatch):
     monkeypatch.setattr(fastpath, "load_line", lambda raw, max_items: fastpath.NO)
     for case in CORPUS:
         if type(case) is LineCase:
-            got = bulk.JsonlValidator(case.max_items, 1 << 20)((1, 1, 1, case.raw))
+            got = checks.JsonlValidator(case.max_items, 1 << 20)((1, 1, 1, case.raw))
             want = slow_line(case.raw, case.max_items)
             if type(got) is tuple:
                 assert same(got, want), case

@@ -439,7 +439,7 @@ def exact(value):
 
 
 def stored_record(fields: dict) -> bytes:
-    """A record as store.py documents its encoding: the five fields in order,
+    """A record as records.py documents its encoding: the five fields in order,
     ints as decimal, ratings as the shortest repr, "|" between, trailing
     empty slots dropped."""
     slots = []
@@ -450,7 +450,7 @@ def stored_record(fields: dict) -> bytes:
 
 
 def hash_tag(subscriber_id: str) -> str:
-    """The subscriber's hash tag as store.py documents it."""
+    """The subscriber's hash tag as records.py documents it."""
     escaped = subscriber_id.translate(
         {ord("%"): "%25", ord("{"): "%7B", ord("}"): "%7D"}
     )
@@ -1291,7 +1291,7 @@ def state_machine(client_for, evict: bool, snapshot, prefix, stats: Counter, rea
         @invariant()
         def stored_state_is_the_model(self):
             """Every key under the prefix, member, position, field and value
-            is the model's (key schema and encoding of store.py); the
+            is the model's (key schema of store.py, encoding of records.py); the
             favorites' positions the model leaves open are learned here."""
             stored = snapshot()
             expected = {}
