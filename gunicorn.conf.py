@@ -1,4 +1,4 @@
-"""Gunicorn settings, driven by environment variables (README: Operations)."""
+"""Gunicorn settings, driven by environment variables (docs/operations.md)."""
 
 import multiprocessing
 import os
@@ -19,7 +19,8 @@ bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
 # gevent-based: a slow or idle connection costs a greenlet, not a worker; the
 # whole request is read under REQUEST_READ_TIMEOUT before the app runs, and
-# at most MAX_IN_FLIGHT requests run at once per worker (README: Slow clients).
+# at most MAX_IN_FLIGHT requests run at once per worker (docs/operations.md:
+# Slow clients and overload).
 worker_class = os.environ.get(
     "GUNICORN_WORKER_CLASS", "stat_service.serving.worker.StatWorker"
 )

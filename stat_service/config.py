@@ -30,7 +30,8 @@ def _list(value: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of the service; the README lists them with these defaults."""
+    """Every setting of the service (docs/configuration.md lists them, with these
+    defaults)."""
 
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     REDIS_CLUSTER: bool | None = None

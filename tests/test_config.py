@@ -71,10 +71,11 @@ def test_check_config_refuses_a_missing_key_and_a_bad_redis_url(monkeypatch):
     check_config(KEY)  # usable: no exception, and no Redis needed
 
 
-def test_every_setting_has_a_readme_row():
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+def test_every_setting_has_a_row_in_the_configuration_docs():
+    docs = Path(__file__).parents[1] / "docs" / "configuration.md"
+    text = docs.read_text(encoding="utf-8")
     for name in Settings.__dataclass_fields__:
-        assert f"`{name}`" in readme, name
+        assert f"`{name}`" in text, name
 
 
 # --- the development secret of make run (JWT_DEV_SECRET_FILE) ------------------

@@ -45,7 +45,7 @@ def too_many_items(data, max_items: int) -> str | None:
 
 # The fields below check type and bounds in one method instead of through
 # marshmallow validator lists: the same rules, at about half the cost on a
-# request's hundreds of values (see the README's performance section).
+# request's hundreds of values (see docs/performance.md).
 
 
 class _Checked:

@@ -271,7 +271,7 @@ class StatWorker(GeventWorker):
                     return
                 if not first and keepalive >= self.read_timeout:
                     # Idle time allowed by a long keep-alive is not charged
-                    # to the request (README: where the contract is silent).
+                    # to the request (docs/behaviour.md).
                     deadline = time.monotonic() + self.read_timeout
             req = self._read_request(parser, client, addr, deadline)
             if req is None:
