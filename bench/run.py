@@ -57,10 +57,12 @@ OWN_COMMANDS = {"info"}  # this script's own probes of Redis
 # max_requests opens a new one) or finds one idle for 30 s: not per request.
 CONNECTION_SETUP = {"hello", "client|setname", "client|setinfo", "ping", "select"}
 
-# The targets of the issue, checked in targets().
-PUT_RATIO_MIN = 0.40
-PUT_P99_FACTOR_MAX = 3.0
-GET_RATIO_MIN = 0.50
+# The targets, checked in targets(): issue 13's ratios (PUT delta and
+# overwrite, GET, p99); its CPU target is relative to the commit before it
+# (docs/performance.md), so the absolute one of issue 4 stays here.
+PUT_RATIO_MIN = 0.50
+PUT_P99_FACTOR_MAX = 2.5
+GET_RATIO_MIN = 0.60
 CPU_PER_PUT_MAX_MS = 1.2
 BYTES_PER_RECORD_MAX = 80
 
@@ -855,6 +857,13 @@ def targets(scenarios: dict, memory: dict) -> list[dict]:
         put["ratio_rps"],
         put["ratio_rps"] >= PUT_RATIO_MIN,
         f"{put['ratio_rps']:.2f}",
+    )
+    overwrite = scenarios["put-overwrite"]
+    check(
+        f"PUT overwrite req/s service/ceiling >= {PUT_RATIO_MIN:.2f}",
+        overwrite["ratio_rps"],
+        overwrite["ratio_rps"] >= PUT_RATIO_MIN,
+        f"{overwrite['ratio_rps']:.2f}",
     )
     check(
         f"PUT delta p99 <= {PUT_P99_FACTOR_MAX:g}x ceiling p99",
