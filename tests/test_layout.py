@@ -72,6 +72,18 @@ def parts_imported(path: Path) -> set[str]:
     return {name.split(".")[1] for name in imported(path) if "." in name}
 
 
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter at the repository's root."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+
+
 def test_the_parts_without_flask_import_neither_flask_nor_werkzeug():
     code = f"""
 import importlib, json, pkgutil, sys
@@ -87,14 +99,7 @@ for name in names:
 web = sorted(m for m in sys.modules if m.split(".")[0] in ("flask", "werkzeug"))
 print(json.dumps({{"imported": names, "web": web}}))
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    out = run_python(code)
     result = json.loads(out.stdout)
     assert "stat_service.bulk.cli" in result["imported"]
     assert "stat_service.storage.store" in result["imported"]
@@ -112,14 +117,7 @@ assert "flask" in sys.modules
 print(create_app.__module__, check_config.__module__, ConfigError.__module__,
       StatStore.__module__, main.__module__)
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    out = run_python(code)
     assert out.stdout.split() == [
         "stat_service.http.app",
         "stat_service.http.app",

@@ -27,6 +27,7 @@ from .openapi_schemas import (
     _json,
     _ref,
     _Response,
+    common_errors,
 )
 
 
@@ -319,13 +320,7 @@ def _operation(list_name: str, ids: int, method: str, endpoint) -> dict:
     names = (*endpoint.params, "type")
     responses = {
         "200": {"description": "Done.", "content": _json(schema)},
-        "400": _ref("BadRequest"),
-        "401": _ref("Unauthorized"),
-        "403": _ref("Forbidden"),
-        "404": _ref("NotFound"),
-        "405": _ref("MethodNotAllowed"),
-        "500": _ref("InternalError"),
-        "503": _ref("ServiceUnavailable"),
+        **common_errors(),
     }
     if method != "GET":
         responses["413"] = _ref("PayloadTooLarge")

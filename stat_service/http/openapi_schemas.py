@@ -234,6 +234,19 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/responses/{name}"}
 
 
+def common_errors() -> dict:
+    """The error answers every authenticated route can give."""
+    return {
+        "400": _ref("BadRequest"),
+        "401": _ref("Unauthorized"),
+        "403": _ref("Forbidden"),
+        "404": _ref("NotFound"),
+        "405": _ref("MethodNotAllowed"),
+        "500": _ref("InternalError"),
+        "503": _ref("ServiceUnavailable"),
+    }
+
+
 def _stat_operations(settings, id_schema: dict) -> dict:
     subscriber = {
         "name": "subscriber_id",
@@ -254,15 +267,7 @@ def _stat_operations(settings, id_schema: dict) -> dict:
         "twice, or any other query parameter is 400.",
         "schema": {"type": "string", "pattern": IS_DELTA_PATTERN, "default": "true"},
     }
-    common = {
-        "400": _ref("BadRequest"),
-        "401": _ref("Unauthorized"),
-        "403": _ref("Forbidden"),
-        "404": _ref("NotFound"),
-        "405": _ref("MethodNotAllowed"),
-        "500": _ref("InternalError"),
-        "503": _ref("ServiceUnavailable"),
-    }
+    common = common_errors()
     security = [{"bearerAuth": []}]
     tags = ["stat"]
     body_example = {
