@@ -50,10 +50,30 @@ class LocalCluster:
         if cli is None:
             raise RuntimeError(INSTALL_HINT)
         self.cli = cli
-        self.servers = [
-            RedisServer(*NODE_ARGS, *extra_args, port=_cluster_port())
-            for _ in range(nodes)
-        ]
+        self.extra_args = extra_args
+        self.servers = self._new_servers(nodes)
+
+    def _new_servers(self, nodes: int) -> list[RedisServer]:
+        ports: set[int] = set()
+        while len(ports) < nodes:
+            port = _cluster_port()
+            # Another node's port must be neither this one nor its bus port.
+            if not {port, port + 10000, port - 10000} & ports:
+                ports.add(port)
+        return [RedisServer(*NODE_ARGS, *self.extra_args, port=p) for p in ports]
+
+    def _start_servers(self, attempts: int = 3) -> None:
+        """Start every node; a port taken meanwhile means fresh ports, again."""
+        for attempt in range(attempts):
+            try:
+                for server in self.servers:
+                    server.start()
+                return
+            except RuntimeError:
+                self.cleanup()  # never leave the started nodes running
+                if attempt == attempts - 1:
+                    raise
+                self.servers = self._new_servers(len(self.servers))
 
     @property
     def url(self) -> str:
@@ -61,8 +81,7 @@ class LocalCluster:
         return self.servers[0].url
 
     def start(self, timeout: float = 30.0) -> LocalCluster:
-        for server in self.servers:
-            server.start()
+        self._start_servers()
         addresses = [f"127.0.0.1:{s.port}" for s in self.servers]
         subprocess.run(
             [self.cli, "--cluster", "create", *addresses]

@@ -94,15 +94,20 @@ class RedisServer:
             "--daemonize", "no",
             *self.extra_args,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        log_path = os.path.join(self.dir, "redis.log")
+        with open(log_path, "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if redis_ping(self.url, timeout=0.2):
                 return self
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                with open(log_path, errors="replace") as log:
+                    said = log.read()[-600:]
+                raise RuntimeError(
+                    f"redis-server on port {self.port} exited with "
+                    f"{self.proc.returncode}: {said}"
+                )
             time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
 
