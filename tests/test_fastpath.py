@@ -1526,24 +1526,24 @@ WRONG_MUTANTS = {
         "no_duplicates", "if colons == keys:", "if colons >= keys:"
     ),
     "parse: no long-literal check": replaced("parse", _parse_without_long_run_check),
-    "load_body: no MAX_ITEMS": rewritten(
-        "load_body", "schemas.too_many_items(value, max_items) or ", ""
+    "load_body/load_line: no MAX_ITEMS": rewritten(
+        "_taken", "not schemas.too_many_items(value, max_items) and ", ""
     ),
-    "load_body: no user_id check": rewritten(
-        "load_body", "user_id is not None and user_id != subscriber_id", "False"
+    "load_body/load_line: no user_id check": rewritten(
+        "_taken", "user_id is None or user_id == subscriber_id", "True"
+    ),
+    "load_body/load_line: duplicates ignored": rewritten(
+        "_taken",
+        " or not no_duplicates(raw, value, keys + keys_apart, colons_apart)",
+        "",
     ),
     "load_line: no subscriber id check": rewritten(
         "load_line", " or schemas.subscriber_id_problem(subscriber_id)", ""
     ),
-    "load_line: duplicates ignored": rewritten("load_line", "not unique", "False"),
     "load_line: subscriber_id counted twice": rewritten(
-        "load_line", "keys + 1,", "keys + 2,"
-    ),
-    "load_line: no user_id check": rewritten(
-        "load_line", "user_id is not None and user_id != subscriber_id", "False"
-    ),
-    "load_line: no MAX_ITEMS": rewritten(
-        "load_line", "or schemas.too_many_items(value, max_items)", ""
+        "load_line",
+        "subscriber_id, 1, subscriber_id",
+        "subscriber_id, 2, subscriber_id",
     ),
     "number: no length limit": rewritten(
         "number", "len(text) > MAX_INT_DIGITS or ", ""
@@ -1560,7 +1560,7 @@ SLOW_MUTANTS = {
         "no_duplicates", " + _string_colons(value)", ""
     ),
     "load_line: forgets the subscriber id's colons": rewritten(
-        "load_line", 'subscriber_id.count(":")', "0"
+        "load_line", 'subscriber_id, 1, subscriber_id.count(":")', "subscriber_id, 1, 0"
     ),
 }
 

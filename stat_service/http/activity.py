@@ -47,8 +47,8 @@ TYPES = ("vod", "episodic", "episode")  # MetaX's `type`: accepted, ignored
 PAUSE_IGNORED_BELOW_MS = 10_000  # as in MetaX: shorter positions are not kept
 _MAX_FIELDS = 8  # parameters in a query or a form body (none takes more than 3)
 _LIMIT = re.compile(r"[1-9][0-9]{0,2}")
-# A JSON number literal: a parameter that becomes a body field is read as
-# that field's JSON value would be, then checked by the same marshmallow field.
+# A parameter that becomes a body field is read as that field's JSON value
+# would be, then checked by the same marshmallow field (_field_value).
 _COUNT = Count()
 _RATING = Rating()
 # The same rules compiled (rules/fastpath.py); marshmallow runs when they say no.

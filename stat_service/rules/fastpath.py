@@ -179,7 +179,7 @@ def compile_field_check(field) -> Callable[[object], bool]:
     unchanged."""
     emitter = _Emitter(refuse="return False")
     emitter.line(0, "def check(x):")
-    emitter.line(1, "n = 0")
+    emitter.line(1, "n = 0")  # a Nested field's code counts keys
     emitter.field(field, "x", 1)
     emitter.line(1, "return True")
     return _build(emitter, "check_field")
@@ -199,25 +199,16 @@ def _build(emitter: _Emitter, name: str):
 check_body = compile_check(schemas.BODY_SCHEMA)
 
 
-def load_body(raw: bytes, max_items: int, subscriber_id: str, check=None):
-    """The body of ``raw`` when the fast path takes it (valid, within
-    MAX_ITEMS, any user_id the path's), else NO: then the strict parser and
-    the schema decide."""
+def load_body(raw: bytes, max_items: int, subscriber_id: str):
+    """The body of ``raw`` when the fast path takes it, else NO: then the
+    strict parser and the schema decide."""
     value = parse(raw)
     if type(value) is not dict:
         return NO
-    keys = (check or check_body)(value)
-    if keys < 0 or not no_duplicates(raw, value, keys):
-        return NO
-    user_id = value.get("user_id")
-    if schemas.too_many_items(value, max_items) or (
-        user_id is not None and user_id != subscriber_id
-    ):
-        return NO
-    return value
+    return value if _taken(raw, value, max_items, subscriber_id) else NO
 
 
-def load_line(raw: bytes, max_items: int, check=None):
+def load_line(raw: bytes, max_items: int):
     """(subscriber id, body) of an import line the fast path takes, else NO."""
     value = parse(raw)
     if type(value) is not dict:
@@ -225,18 +216,22 @@ def load_line(raw: bytes, max_items: int, check=None):
     subscriber_id = value.pop("subscriber_id", _MISSING)
     if subscriber_id is _MISSING or schemas.subscriber_id_problem(subscriber_id):
         return NO
-    keys = (check or check_body)(value)
-    if keys < 0:
-        return NO
-    unique = no_duplicates(raw, value, keys + 1, subscriber_id.count(":"))
+    # The popped member: one key more, and the colons of its value.
+    taken = _taken(raw, value, max_items, subscriber_id, 1, subscriber_id.count(":"))
+    return (subscriber_id, value) if taken else NO
+
+
+def _taken(raw, value, max_items, subscriber_id, keys_apart=0, colons_apart=0):
+    """True when a parsed body is valid, without duplicate keys, within
+    MAX_ITEMS, and any user_id is ``subscriber_id``'s. ``keys_apart`` and
+    ``colons_apart``: of members taken out of ``value`` after parsing."""
+    keys = check_body(value)
+    if keys < 0 or not no_duplicates(raw, value, keys + keys_apart, colons_apart):
+        return False
     user_id = value.get("user_id")
-    if (
-        not unique
-        or schemas.too_many_items(value, max_items)
-        or (user_id is not None and user_id != subscriber_id)
-    ):
-        return NO
-    return subscriber_id, value
+    return not schemas.too_many_items(value, max_items) and (
+        user_id is None or user_id == subscriber_id
+    )
 
 
 def number(text: str):
