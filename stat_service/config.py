@@ -72,6 +72,7 @@ class Settings:
     MAX_IN_FLIGHT: int = 8
     QUEUE_TIMEOUT: float = 1.0
     EMBEDDED_REDIS: bool = False
+    EXPRESS_LANE: bool = True
     LOG_LEVEL: str = "INFO"
     LOG_FORMAT: str = "json"
     LOG_SUBSCRIBER_IDS: str = "hash"
@@ -104,6 +105,7 @@ _CONVERTERS = {
     "MAX_IN_FLIGHT": int,
     "QUEUE_TIMEOUT": float,
     "EMBEDDED_REDIS": _bool,
+    "EXPRESS_LANE": _bool,
 }
 
 

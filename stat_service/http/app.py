@@ -16,6 +16,7 @@ from ..rules.cursors import Cursors, cursor_key
 from ..storage.store import Bounds, StatStore
 from . import activity, errors, observability
 from .auth import TokenVerifier
+from .express import ExpressLane
 from .jsonprovider import OrjsonProvider
 from .observability import metrics_bp
 from .openapi import openapi_bp
@@ -92,4 +93,6 @@ def create_app(config: dict | None = None, *, redis_client=None) -> Flask:
     app.register_blueprint(probes_bp)
     app.register_blueprint(metrics_bp)
     app.register_blueprint(openapi_bp)
+    if settings.EXPRESS_LANE:
+        app.wsgi_app = ExpressLane(app, app.wsgi_app)
     return app

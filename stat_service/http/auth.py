@@ -250,8 +250,8 @@ def invalid_token(description: str) -> ApiError:
     )
 
 
-def _bearer_token() -> str:
-    header = request.headers.get("Authorization", "")
+def bearer_token(header: str) -> str:
+    """The token of an Authorization header; ApiError 401 when there is none."""
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -267,7 +267,7 @@ def _bearer_token() -> str:
 def authenticate() -> None:
     """Verify the bearer token (401 otherwise); its claims go on ``g``."""
     verifier: TokenVerifier = current_app.extensions["stat_auth"]
-    g.claims = verifier.decode(_bearer_token())
+    g.claims = verifier.decode(bearer_token(request.headers.get("Authorization", "")))
     g.is_admin = verifier.is_admin(g.claims)
 
 

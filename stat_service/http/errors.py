@@ -22,7 +22,8 @@ from ..storage.store import HistoryFull
 log = logging.getLogger("stat_service.errors")
 
 
-def error_response(status: int, reason: str, *, errors=None, headers=None):
+def error_body(status: int, reason: str, errors=None) -> dict:
+    """The MetaX error object (API.md section 5)."""
     body = {
         "result": "error",
         "message": MESSAGES.get(status, "INTERNAL_ERROR"),
@@ -30,7 +31,11 @@ def error_response(status: int, reason: str, *, errors=None, headers=None):
     }
     if errors is not None:
         body["errors"] = errors
-    response = jsonify(body)
+    return body
+
+
+def error_response(status: int, reason: str, *, errors=None, headers=None):
+    response = jsonify(error_body(status, reason, errors))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -60,22 +65,41 @@ def _redis_unavailable(exc: Exception) -> bool:
     return str(exc).startswith(("BUSY ", "NOREPLICAS", "MASTERDOWN", "OOM "))
 
 
-def register(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
-        return error_response(
-            exc.status, exc.reason, errors=exc.errors, headers=exc.headers
-        )
+def failure(exc: Exception, retry_after: int) -> tuple[int, str, object, dict]:
+    """(status, reason, errors, headers) of the answer to ``exc``, any
+    exception but Werkzeug's HTTPException; logged and counted here.
 
-    @app.errorhandler(HistoryFull)
-    def _full(exc: HistoryFull):
-        return error_response(409, exc.reason)
-
-    @app.errorhandler(ValidationError)
-    def _validation(exc: ValidationError):
+    One table for the Flask app's error handlers and the express lane.
+    """
+    if isinstance(exc, ApiError):
+        return exc.status, exc.reason, exc.errors, exc.headers or {}
+    if isinstance(exc, HistoryFull):
+        return 409, exc.reason, None, {}
+    if isinstance(exc, ValidationError):
         messages = json_keys(exc.messages)
-        return error_response(400, validation_reason(exc.messages), errors=messages)
+        return 400, validation_reason(exc.messages), messages, {}
+    if isinstance(exc, (RedisClusterException, redis.RedisError)):
+        retry = {"Retry-After": str(retry_after)}
+        if isinstance(exc, NotReplicated):
+            REDIS_ERRORS.labels("not_replicated").inc()
+            log.warning("write not replicated: %s", exc)
+            reason = (
+                "write not confirmed by enough replicas in time; it may have "
+                "been applied, and retrying it is safe"
+            )
+            return 503, reason, None, retry
+        if _redis_unavailable(exc):
+            REDIS_ERRORS.labels("unavailable").inc()
+            log.warning("redis unavailable: %s: %s", type(exc).__name__, exc)
+            return 503, "storage temporarily unavailable", None, retry
+        REDIS_ERRORS.labels("error").inc()
+        log.error("redis error", exc_info=exc)
+        return 500, "internal error", None, {}
+    log.error("unhandled error", exc_info=exc)
+    return 500, "internal error", None, {}
 
+
+def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
         status = exc.code or 500
@@ -92,31 +116,8 @@ def register(app: Flask) -> None:
             status = 400 if 400 <= status < 500 else 500
         return error_response(status, reason, headers=headers)
 
-    @app.errorhandler(RedisClusterException)
-    @app.errorhandler(redis.RedisError)
-    def _redis(exc: Exception):
-        retry_after = {
-            "Retry-After": str(current_app.config["STAT"].RETRY_AFTER_SECONDS)
-        }
-        if isinstance(exc, NotReplicated):
-            REDIS_ERRORS.labels("not_replicated").inc()
-            log.warning("write not replicated: %s", exc)
-            reason = (
-                "write not confirmed by enough replicas in time; it may have "
-                "been applied, and retrying it is safe"
-            )
-            return error_response(503, reason, headers=retry_after)
-        if _redis_unavailable(exc):
-            REDIS_ERRORS.labels("unavailable").inc()
-            log.warning("redis unavailable: %s: %s", type(exc).__name__, exc)
-            return error_response(
-                503, "storage temporarily unavailable", headers=retry_after
-            )
-        REDIS_ERRORS.labels("error").inc()
-        log.error("redis error", exc_info=exc)
-        return error_response(500, "internal error")
-
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        log.error("unhandled error", exc_info=exc)
-        return error_response(500, "internal error")
+    def _other(exc: Exception):
+        retry_after = current_app.config["STAT"].RETRY_AFTER_SECONDS
+        status, reason, errors, headers = failure(exc, retry_after)
+        return error_response(status, reason, errors=errors, headers=headers)

@@ -50,12 +50,50 @@ def subscriber_hash(subscriber_id: str) -> str:
     return digest.hexdigest()[:16]
 
 
+class Observer:
+    """Counts, times and logs one finished request; gives its request id."""
+
+    def __init__(self, log_subscribers: bool):
+        self.log_subscribers = log_subscribers
+        self.counters: dict = {}  # (route, method, status) -> counter child
+        self.timers: dict = {}  # (route, method) -> histogram child
+
+    def finish(self, environ, route: str, status: int, subscriber_id) -> str:
+        """The request id to send back (the client's when usable)."""
+        elapsed = time.perf_counter() - environ.get("stat.started", 0.0)
+        sent = environ.get("HTTP_X_REQUEST_ID", "")
+        request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+        method = environ["REQUEST_METHOD"]
+        if method not in METHOD_LABELS:
+            method = "OTHER"  # any token is a method: keep label values bounded
+        key = (route, method, status)
+        counter = self.counters.get(key)
+        if counter is None:
+            counter = self.counters[key] = REQUESTS.labels(route, method, str(status))
+        counter.inc()
+        timer = self.timers.get(key[:2])
+        if timer is None:
+            timer = self.timers[key[:2]] = LATENCY.labels(route, method)
+        timer.observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            fields = {
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+                "request_id": request_id,
+            }
+            if subscriber_id is not None and self.log_subscribers:
+                fields["subscriber"] = subscriber_hash(subscriber_id)
+            access_log.info("request", extra={"fields": fields})
+        return request_id
+
+
 def install(app: Flask) -> None:
     """Time every request, give it an id, count it and log it on the way out."""
-    log_subscribers = app.config["STAT"].LOG_SUBSCRIBER_IDS == "hash"
+    observer = Observer(app.config["STAT"].LOG_SUBSCRIBER_IDS == "hash")
+    app.extensions["stat_observer"] = observer
     inner = app.wsgi_app
-    counters: dict = {}  # (route, method, status) -> counter child
-    timers: dict = {}  # (route, method) -> histogram child
 
     def timed(environ, start_response):
         # Started here rather than in a before_request hook: cheaper, and it
@@ -68,38 +106,14 @@ def install(app: Flask) -> None:
     @app.after_request
     def _finish(response):
         environ = request.environ
-        elapsed = time.perf_counter() - environ.get("stat.started", 0.0)
-        sent = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
-        response.headers["X-Request-ID"] = request_id
         # A view that routes further (the activity family) names the template.
         route = environ.get("stat.route")
         if route is None:
             rule = request.url_rule
             route = rule.rule if rule is not None else UNMATCHED
-        method = environ["REQUEST_METHOD"]
-        if method not in METHOD_LABELS:
-            method = "OTHER"  # any token is a method: keep label values bounded
-        status = response.status_code
-        key = (route, method, status)
-        counter = counters.get(key)
-        if counter is None:
-            counter = counters[key] = REQUESTS.labels(route, method, str(status))
-        counter.inc()
-        timer = timers.get(key[:2])
-        if timer is None:
-            timer = timers[key[:2]] = LATENCY.labels(route, method)
-        timer.observe(elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            fields = {
-                "method": method,
-                "route": route,
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 3),
-                "request_id": request_id,
-            }
-            subscriber = g.get("subscriber_id")
-            if subscriber is not None and log_subscribers:
-                fields["subscriber"] = subscriber_hash(subscriber)
-            access_log.info("request", extra={"fields": fields})
+        subscriber_id = g.get("subscriber_id")
+        request_id = observer.finish(
+            environ, route, response.status_code, subscriber_id
+        )
+        response.headers["X-Request-ID"] = request_id
         return response

@@ -16,6 +16,7 @@ from .auth import authorize, require_token
 from .errors import error_response
 
 PREFIX = "/metax/3.0/ui/user/stat"
+ROUTE = f"{PREFIX}/<rest:_path>"  # also the metrics' route label
 _PREFIX_BYTES = (PREFIX + "/").encode()
 
 stat_bp = Blueprint("stat", __name__)
@@ -181,7 +182,7 @@ def _subscriber() -> str:
     return subscriber(subscriber_id_from_path())
 
 
-@stat_bp.put(f"{PREFIX}/<rest:_path>", provide_automatic_options=False)
+@stat_bp.put(ROUTE, provide_automatic_options=False)
 @require_token
 def put_stat(_path):
     subscriber_id = _subscriber()
@@ -199,7 +200,7 @@ def put_stat(_path):
     )
 
 
-@stat_bp.get(f"{PREFIX}/<rest:_path>", provide_automatic_options=False)
+@stat_bp.get(ROUTE, provide_automatic_options=False)
 @require_token
 def get_stat(_path):
     subscriber_id = _subscriber()
@@ -208,7 +209,7 @@ def get_stat(_path):
     return jsonify(result="success", subscriber_id=subscriber_id, **history)
 
 
-@stat_bp.delete(f"{PREFIX}/<rest:_path>", provide_automatic_options=False)
+@stat_bp.delete(ROUTE, provide_automatic_options=False)
 @require_token
 def delete_stat(_path):
     subscriber_id = _subscriber()
