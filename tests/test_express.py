@@ -287,6 +287,13 @@ def _passed_cases():
             body,
             {},
         ),
+        "Content-Length in other digits": (
+            "PUT",
+            PATH + SUB,
+            [ok[0], ok[2], ("Content-Length", "\u00b2")],
+            body,
+            {},
+        ),
         "empty body": ("PUT", PATH + SUB, json_headers(b""), b"", {}),
         "short body": (
             "PUT",

@@ -119,7 +119,7 @@ class ExpressLane:
         if (
             delta is None
             or environ.get("CONTENT_TYPE") not in _JSON_TYPES
-            or not length.isdigit()
+            or not (length.isascii() and length.isdigit())
             or "HTTP_TRANSFER_ENCODING" in environ
         ):
             raise _Pass
