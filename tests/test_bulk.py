@@ -14,12 +14,15 @@ import subprocess
 import sys
 import time
 import types
+import zlib
 from pathlib import Path
 from urllib.parse import quote
 
 import fakeredis
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stat_service.__main__ import main
 from stat_service.bulk import export, importer, sources
@@ -864,3 +867,37 @@ def test_one_evalsha_per_subscriber_and_export_by_scan(
     assert sorted(json.loads(x)["subscriber_id"] for x in lines) == sorted(stored)
     spy.close()
     client.close()
+
+
+# --- routing lines to worker processes ------------------------------------------
+
+
+def _parsed_route(line: bytes, jobs: int) -> int:
+    subscriber_id = json.loads(line)["subscriber_id"]
+    return zlib.crc32(subscriber_id.encode("utf-8", "surrogatepass")) % jobs
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    subscriber_id=st.text(min_size=1, max_size=20).filter(
+        lambda s: all(c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF for c in s)
+    ),
+    ascii_only=st.booleans(),
+    id_last=st.booleans(),
+    spaced=st.booleans(),
+    jobs=st.integers(2, 7),
+)
+def test_a_subscribers_lines_go_to_one_worker_however_its_id_is_written(
+    subscriber_id, ascii_only, id_last, spaced, jobs
+):
+    from stat_service.bulk.writes import route
+
+    fields = [("favorites", ['a\\"subscriber_id\\": "x"']), ("view_data", [])]
+    fields.insert(len(fields) if id_last else 0, ("subscriber_id", subscriber_id))
+    separators = (", ", " : ") if spaced else (",", ":")
+    line = json.dumps(
+        dict(fields), ensure_ascii=ascii_only, separators=separators
+    ).encode()
+    plain = json.dumps({"subscriber_id": subscriber_id}, ensure_ascii=False).encode()
+    assert route((1, 1, 1, line), jobs) == _parsed_route(line, jobs)
+    assert route((2, 2, 1, plain), jobs) == _parsed_route(line, jobs)
