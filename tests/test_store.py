@@ -89,6 +89,26 @@ def test_record_encoding_round_trips_every_field_combination():
             assert type(decoded[name]) is type(value)
 
 
+def test_a_full_record_decodes_as_any_other_keys_in_order_included():
+    from stat_service.storage.records import _decode_slots
+
+    rnd = random.Random(11)
+    for _ in range(200):
+        record = {
+            "play_count": rnd.randint(0, 2**53 - 1),
+            "view_time": rnd.randint(0, 10**6),
+            "pause_time": rnd.randint(0, 10**6),
+            "last_played_on": rnd.randint(0, 2**53 - 1),
+            "user_rating": rnd.choice([0, 1, 5, 0.5, 3.5, 4.0, 1e-05, 2.5e-07]),
+        }
+        text = encode_record(record)
+        fast = decode_record("a", text)
+        assert list(fast.items()) == list(_decode_slots("a", text.split("|")).items())
+        assert [type(v) for v in fast.values()] == [str] + [
+            type(record[name]) for name in RECORD_FIELDS
+        ]
+
+
 def test_record_encoding_is_compact():
     assert encode_record({}) == ""
     assert encode_record({"play_count": 3, "view_time": 5400}) == "3|5400"

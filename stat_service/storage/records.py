@@ -76,12 +76,30 @@ def encode_record(record: dict, *, patch: bool = False) -> str:
 
 
 def decode_record(asset_id: str, text: str) -> dict:
+    slots = text.split("|")
+    if len(slots) == 5 and "" not in slots:
+        # A record with all five fields, the common case: one dict display
+        # (a fifth of a GET's decoding time less than the loop below).
+        played, viewed, paused, last, rating = slots
+        return {
+            "asset_id": asset_id,
+            "play_count": int(played),
+            "view_time": int(viewed),
+            "pause_time": int(paused),
+            "last_played_on": int(last),
+            "user_rating": _rating(rating),
+        }
+    return _decode_slots(asset_id, slots)
+
+
+def _decode_slots(asset_id: str, slots) -> dict:
+    """Any record: each non-empty slot by its field's parser (RECORD_FIELDS).
+    decode_record's display of the five fields must agree with this
+    (tests/test_store.py)."""
     record: dict = {"asset_id": asset_id}
-    if text:
-        # The hot loop of a GET: builtins only, no call per slot of our own.
-        for (name, parse), slot in zip(_PARSERS, text.split("|"), strict=False):
-            if slot:
-                record[name] = parse(slot)
+    for (name, parse), slot in zip(_PARSERS, slots, strict=False):
+        if slot:
+            record[name] = parse(slot)
     return record
 
 
@@ -125,7 +143,7 @@ def decode_history(reply) -> dict:
     """A subscriber's history from the read script's reply (see read.lua)."""
     favorites, _, views = as_text(reply).partition("\x1e")
     flat = views.split("\x1f") if views else []
-    records = [decode_record(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+    records = list(map(decode_record, flat[0::2], flat[1::2]))
     records.sort(key=_recency_key)
     return {
         "favorites": favorites.split("\x1f") if favorites else [],
