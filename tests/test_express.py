@@ -304,6 +304,13 @@ def _passed_cases():
             body,
             {},
         ),
+        "Content-Length of 4,400 digits": (
+            "PUT",
+            PATH + SUB,
+            [ok[0], ok[2], ("Content-Length", "0" * 4400 + str(len(body)))],
+            body,
+            {},
+        ),
         "empty body": ("PUT", PATH + SUB, json_headers(b""), b"", {}),
         "short body": (
             "PUT",
@@ -396,13 +403,6 @@ def test_chunked_with_a_content_length_goes_to_flask(pair):
     assert not taken
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "found by review: "
-        "the lane unquoted a non-ASCII target as UTF-8 text, storing under another id"  # noqa: E501
-    ),
-)
 def test_utf8_bytes_and_percent_escapes_in_one_target_are_read_alike(pair):
     # WSGI text holds the target's bytes one per character (latin-1).
     target = PATH + "caf\u00c3\u00a9%20x"
@@ -431,13 +431,6 @@ class _Broken:
         return chunk
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "found by review: "
-        "the lane answered a failed body read with its own reason, or a short-body reason"  # noqa: E501
-    ),
-)
 @pytest.mark.parametrize("given", [0, 10])
 @pytest.mark.parametrize("error", [ConnectionResetError, TimeoutError, ValueError])
 def test_a_body_whose_read_fails_is_answered_alike(pair, given, error):
@@ -452,13 +445,6 @@ def test_a_body_whose_read_fails_is_answered_alike(pair, given, error):
     assert not taken and status.startswith(("400", "500")), answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "found by review: "
-        "a failing metric turned a done write into a 500 (Flask) or an escaped exception (lane)"  # noqa: E501
-    ),
-)
 def test_a_failing_metric_leaves_the_answer_as_it_was(pair, monkeypatch, caplog):
     from stat_service.http import observability
 
@@ -474,21 +460,6 @@ def test_a_failing_metric_leaves_the_answer_as_it_was(pair, monkeypatch, caplog)
     assert [r.message for r in caplog.records].count(
         "request not counted or logged"
     ) == 2
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "found by review: "
-        "int() of a 4,400-digit Content-Length raised in the lane: a 500"  # noqa: E501
-    ),
-)
-def test_a_content_length_of_4400_digits_goes_to_flask(pair):
-    body = put_body([FULL])
-    headers = [json_headers(body)[0], ("Content-Type", "application/json")]
-    headers.append(("Content-Length", "0" * 4400 + str(len(body))))
-    _, taken = pair.send("PUT", PATH + SUB, headers, body)
-    assert not taken
 
 
 # --- the store's refusals and failures -------------------------------------------

@@ -24,7 +24,6 @@ the two to the same status, headers, body and stored data.
 
 from __future__ import annotations
 
-import io
 import time
 from urllib.parse import unquote_to_bytes
 
@@ -56,6 +55,33 @@ _JSON = ("Content-Type", "application/json")
 
 class _Pass(Exception):
     """Not for the lane: the Flask app answers."""
+
+
+class _Replay:
+    """A body stream handed on: the bytes the lane read, then the stream as
+    the lane left it (or the error its read raised), so Flask reads what it
+    would have read without the lane."""
+
+    def __init__(self, head: bytes, stream, error: Exception | None = None):
+        self.head = head
+        self.stream = stream
+        self.error = error
+
+    def read(self, size=None):
+        if self.error is not None and not self.head:
+            raise self.error
+        if size is None or size < 0:
+            head, self.head = self.head, b""
+            if self.error is not None:
+                raise self.error
+            return head + self.stream.read()
+        if self.head:
+            data, self.head = self.head[:size], self.head[size:]
+            return data
+        return self.stream.read(size)
+
+    def readline(self, size=None):  # not used by the views; complete for WSGI
+        return self.read(size)
 
 
 class ExpressLane:
@@ -123,19 +149,22 @@ class ExpressLane:
             or "HTTP_TRANSFER_ENCODING" in environ
         ):
             raise _Pass
+        if len(length) > 20:  # int() refuses over 4,300 digits; Flask decides
+            raise _Pass
         size = int(length)
         if not 0 < size <= self.settings.MAX_BODY_BYTES:
             raise _Pass
+        stream = environ["wsgi.input"]
         try:
-            raw = environ["wsgi.input"].read(size)
-        except Exception:  # the server's framing errors, as read_body says
-            raise ApiError(400, "request body could not be read") from None
+            raw = stream.read(size)
+        except Exception as exc:  # the server's framing or socket errors
+            environ["wsgi.input"] = _Replay(b"", stream, exc)
+            raise _Pass from None
         data = fastpath.NO
         if len(raw) == size:
             data = fastpath.load_body(raw, self.settings.MAX_ITEMS, subscriber_id)
         if data is fastpath.NO:
-            # Flask reads the same bytes again (and answers a short body).
-            environ["wsgi.input"] = io.BytesIO(raw)
+            environ["wsgi.input"] = _Replay(raw, stream)
             raise _Pass
         result = self.store.put(subscriber_id, data, delta=delta)
         return 200, orjson.dumps(
@@ -169,9 +198,8 @@ def _subscriber_id(environ) -> str:
         raise _Pass
     raw = uri.partition("?")[0][len(_PATH_START) :]
     try:
-        value = (unquote_to_bytes(raw) if "%" in raw else raw.encode("latin-1")).decode(
-            "utf-8"
-        )
+        # WSGI text holds one byte per character (views.request_target).
+        value = unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
     except UnicodeError:
         raise _Pass from None
     if id_problem(value, "subscriber id"):

@@ -26,6 +26,7 @@ from prometheus_client import (
 from ..ops.metrics import LATENCY, METHOD_LABELS, REQUESTS
 
 access_log = logging.getLogger("stat_service.access")
+log = logging.getLogger("stat_service.observability")
 
 # A client's X-Request-ID is kept when it is short and plain; else a new one.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -60,9 +61,16 @@ class Observer:
 
     def finish(self, environ, route: str, status: int, subscriber_id) -> str:
         """The request id to send back (the client's when usable)."""
-        elapsed = time.perf_counter() - environ.get("stat.started", 0.0)
         sent = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+        try:
+            self._count_and_log(environ, route, status, subscriber_id, request_id)
+        except Exception:  # the answer stands: its write may already be done
+            log.error("request not counted or logged", exc_info=True)
+        return request_id
+
+    def _count_and_log(self, environ, route, status, subscriber_id, request_id):
+        elapsed = time.perf_counter() - environ.get("stat.started", 0.0)
         method = environ["REQUEST_METHOD"]
         if method not in METHOD_LABELS:
             method = "OTHER"  # any token is a method: keep label values bounded
@@ -86,7 +94,6 @@ class Observer:
             if subscriber_id is not None and self.log_subscribers:
                 fields["subscriber"] = subscriber_hash(subscriber_id)
             access_log.info("request", extra={"fields": fields})
-        return request_id
 
 
 def install(app: Flask) -> None:
