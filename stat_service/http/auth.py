@@ -285,8 +285,13 @@ def require_token(view):
 def authorize(subscriber_id: str) -> None:
     """The token's subject is the subscriber, or the token has the admin scope."""
     if g.claims["sub"] != subscriber_id and not g.is_admin:
-        raise ApiError(
-            403,
-            "token does not grant access to this subscriber",
-            headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope"'},
-        )
+        raise not_granted()
+
+
+def not_granted() -> ApiError:
+    """The 403 of a token that does not grant access to the subscriber."""
+    return ApiError(
+        403,
+        "token does not grant access to this subscriber",
+        headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope"'},
+    )

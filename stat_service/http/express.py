@@ -33,9 +33,9 @@ from werkzeug.http import HTTP_STATUS_CODES
 from ..errors import ApiError
 from ..rules import fastpath
 from ..rules.schemas import id_problem
-from .auth import REALM, bearer_token
+from .auth import bearer_token, not_granted
 from .errors import error_body, failure
-from .views import _PLAIN_DELTA, PREFIX, ROUTE
+from .views import PLAIN_DELTA, PREFIX, ROUTE, get_answer, put_answer
 
 _PATH_START = PREFIX + "/"
 # The Content-Type values the lane takes (check_content_type's common forms);
@@ -109,13 +109,7 @@ class ExpressLane:
             claims = self._claims(environ)
             logged = subscriber_id
             if claims["sub"] != subscriber_id and not self.verifier.is_admin(claims):
-                raise ApiError(
-                    403,
-                    "token does not grant access to this subscriber",
-                    headers={
-                        "WWW-Authenticate": f'{REALM}, error="insufficient_scope"'
-                    },
-                )
+                raise not_granted()
             status, body = take(environ, subscriber_id)
             headers = {}
         except _Pass:
@@ -140,7 +134,7 @@ class ExpressLane:
         return self.verifier.decode(token)
 
     def _put(self, environ, subscriber_id: str) -> tuple[int, bytes]:
-        delta = _PLAIN_DELTA.get(environ.get("QUERY_STRING", ""))
+        delta = PLAIN_DELTA.get(environ.get("QUERY_STRING", ""))
         length = environ.get("CONTENT_LENGTH", "")
         if (
             delta is None
@@ -167,16 +161,7 @@ class ExpressLane:
             environ["wsgi.input"] = _Replay(raw, stream)
             raise _Pass
         result = self.store.put(subscriber_id, data, delta=delta)
-        return 200, orjson.dumps(
-            {
-                "result": "success",
-                "subscriber_id": subscriber_id,
-                "is_delta": delta,
-                "favorites": result.favorites,
-                "view_data": result.view_data,
-                "evicted": result.evicted,
-            }
-        )
+        return 200, orjson.dumps(put_answer(subscriber_id, delta, result))
 
     def _get(self, environ, subscriber_id: str) -> tuple[int, bytes]:
         if (
@@ -186,9 +171,7 @@ class ExpressLane:
         ):
             raise _Pass
         history = self.store.get(subscriber_id)
-        return 200, orjson.dumps(
-            {"result": "success", "subscriber_id": subscriber_id, **history}
-        )
+        return 200, orjson.dumps(get_answer(subscriber_id, history))
 
 
 def _subscriber_id(environ) -> str:

@@ -98,11 +98,11 @@ def _check_query(allowed: frozenset = frozenset()) -> None:
 
 
 # The query strings of nearly every PUT, answered without parsing.
-_PLAIN_DELTA = {"": True, "isDelta=true": True, "isDelta=false": False}
+PLAIN_DELTA = {"": True, "isDelta=true": True, "isDelta=false": False}
 
 
 def _is_delta() -> bool:
-    plain = _PLAIN_DELTA.get(request.environ.get("QUERY_STRING", ""))
+    plain = PLAIN_DELTA.get(request.environ.get("QUERY_STRING", ""))
     if plain is not None:
         return plain
     _check_query(frozenset(("isDelta",)))
@@ -190,14 +190,24 @@ def put_stat(_path):
     check_content_type()
     body = _body(subscriber_id)
     result = store().put(subscriber_id, body, delta=delta)
-    return jsonify(
-        result="success",
-        subscriber_id=subscriber_id,
-        is_delta=delta,
-        favorites=result.favorites,
-        view_data=result.view_data,
-        evicted=result.evicted,
-    )
+    return jsonify(put_answer(subscriber_id, delta, result))
+
+
+def put_answer(subscriber_id: str, delta: bool, result) -> dict:
+    """The body of a PUT's 200 (API.md section 3), also the express lane's."""
+    return {
+        "result": "success",
+        "subscriber_id": subscriber_id,
+        "is_delta": delta,
+        "favorites": result.favorites,
+        "view_data": result.view_data,
+        "evicted": result.evicted,
+    }
+
+
+def get_answer(subscriber_id: str, history: dict) -> dict:
+    """The body of a GET's 200 (API.md section 2), also the express lane's."""
+    return {"result": "success", "subscriber_id": subscriber_id, **history}
 
 
 @stat_bp.get(ROUTE, provide_automatic_options=False)
@@ -205,8 +215,7 @@ def put_stat(_path):
 def get_stat(_path):
     subscriber_id = _subscriber()
     _check_query()
-    history = store().get(subscriber_id)
-    return jsonify(result="success", subscriber_id=subscriber_id, **history)
+    return jsonify(get_answer(subscriber_id, store().get(subscriber_id)))
 
 
 @stat_bp.delete(ROUTE, provide_automatic_options=False)
