@@ -642,8 +642,6 @@ class Bench:
         The scripts are loaded too, so no NOSCRIPT round trip (which only the
         first request after a Redis restart pays) lands in the audit.
         """
-        from redis.commands.core import Script
-
         from stat_service.storage.store import StatStore
 
         # The scripts as the store registers them: several are a file with
@@ -651,9 +649,8 @@ class Bench:
         # loading the files one by one missed them and the first calls of
         # each were EVALSHA + NOSCRIPT + EVAL, two commands for one request.
         store = StatStore(self.client, prefix=KEY_PREFIX)
-        for script in vars(store).values():
-            if isinstance(script, Script):
-                self.client.script_load(script.script)
+        for script in store.scripts:
+            self.client.script_load(script.script)
         for target in self.targets.values():
             run_wrk(self.wrk, target.url, "get", 1, self.token, seed=998)
 

@@ -163,6 +163,16 @@ class StatStore:
         self._record_remove = register(_load_lua("record_remove"))
         # What a bulk loader's pipelines send (see load_scripts).
         self._pipelined = (self._delta, self._overwrite, self._read)
+        # Every script as registered (some carry helper files in front).
+        self.scripts = (
+            *self._pipelined,
+            self._fav_add,
+            self._fav_remove,
+            self._fav_page,
+            self._view_page,
+            self._record_get,
+            self._record_remove,
+        )
 
     def keys(self, subscriber_id: str) -> tuple[str, str]:
         """(favorites key, view-data key) of one subscriber."""
