@@ -32,10 +32,9 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from ..errors import ApiError
 from ..rules import fastpath
-from ..rules.schemas import id_problem
 from .auth import bearer_token, not_granted
 from .errors import error_body, failure
-from .views import PLAIN_DELTA, PREFIX, ROUTE, get_answer, put_answer
+from .views import PLAIN_DELTA, PREFIX, ROUTE, decode_id, get_answer, put_answer
 
 _PATH_START = PREFIX + "/"
 # The Content-Type values the lane takes (check_content_type's common forms);
@@ -140,10 +139,9 @@ class ExpressLane:
             delta is None
             or environ.get("CONTENT_TYPE") not in _JSON_TYPES
             or not (length.isascii() and length.isdigit())
+            or len(length) > 20  # int() refuses over 4,300 digits; Flask decides
             or "HTTP_TRANSFER_ENCODING" in environ
         ):
-            raise _Pass
-        if len(length) > 20:  # int() refuses over 4,300 digits; Flask decides
             raise _Pass
         size = int(length)
         if not 0 < size <= self.settings.MAX_BODY_BYTES:
@@ -182,9 +180,6 @@ def _subscriber_id(environ) -> str:
     raw = uri.partition("?")[0][len(_PATH_START) :]
     try:
         # WSGI text holds one byte per character (views.request_target).
-        value = unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
-    except UnicodeError:
+        return decode_id(unquote_to_bytes(raw.encode("latin-1")), "subscriber id")
+    except (UnicodeError, ApiError):
         raise _Pass from None
-    if id_problem(value, "subscriber id"):
-        raise _Pass
-    return value
