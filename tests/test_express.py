@@ -501,7 +501,7 @@ def test_store_failures_are_answered_alike(pair, monkeypatch, error, status, met
     for app in (pair.lane, pair.flask):
         store = app.extensions["stat_store"]
         monkeypatch.setattr(store, "put", fail)
-        monkeypatch.setattr(store, "get", fail)
+        monkeypatch.setattr(store, "get_json", fail)
     body = put_body([FULL]) if method == "PUT" else b""
     headers = (
         json_headers(body)

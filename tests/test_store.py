@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 import redis
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from stat_service.storage.records import (
     RECORD_FIELDS,
+    decode_history,
     decode_record,
     encode_record,
     hash_tag,
+    history_json,
 )
 from stat_service.storage.store import StatStore
 from tests.support import RedisServer
@@ -107,6 +112,70 @@ def test_a_full_record_decodes_as_any_other_keys_in_order_included():
         assert [type(v) for v in fast.values()] == [str] + [
             type(record[name]) for name in RECORD_FIELDS
         ]
+
+
+# Ids as the schemas let them in: 1-256 characters, no control characters
+# (Cc, which covers DEL and C1 too), anything else: quotes, backslashes,
+# U+2028, astral characters.
+_IDS = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=12
+) | st.sampled_from(["a", "b", 'q"uote', "back\\slash", "\u2028", "é", "😀", "e"])
+_RATINGS = (
+    st.integers(0, 5)
+    | st.floats(0, 5)
+    | st.sampled_from([1e-05, 2.5e-07, 5e-324, 4.0, 0.0001])
+)
+_VALUES = {
+    "play_count": st.integers(0, 2**53 - 1),
+    "view_time": st.integers(0, 2**53 - 1),
+    "pause_time": st.integers(0, 2**53 - 1),
+    # Few distinct times, so ties (ordered by asset id) are common.
+    "last_played_on": st.integers(0, 3) | st.integers(0, 2**53 - 1),
+    "user_rating": _RATINGS,
+}
+_RECORDS = st.fixed_dictionaries({}, optional=_VALUES)
+
+
+def _reply(favorites, views) -> bytes:
+    """What read.lua returns for these favorites and records."""
+    flat = []
+    for asset_id, record in views.items():
+        flat += [asset_id, encode_record(record)]
+    return ("\x1f".join(favorites) + "\x1e" + "\x1f".join(flat)).encode()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    favorites=st.lists(_IDS, max_size=4, unique=True),
+    views=st.dictionaries(_IDS, _RECORDS, max_size=12),
+)
+@example(favorites=[], views={})
+@example(favorites=["f"], views={"a": {}})
+@example(favorites=[], views={"a": {"user_rating": 1e-05}, "b": {"last_played_on": 1}})
+@example(
+    favorites=[],
+    views={
+        "b": dict.fromkeys(RECORD_FIELDS, 1),
+        "a": dict.fromkeys(RECORD_FIELDS, 1),
+        "c": {"last_played_on": 2},
+        "d": {"play_count": 1},
+    },
+)
+def test_history_json_is_the_decoded_history_dumped(favorites, views):
+    """The GET's body is written from the stored text (history_json): the
+    same bytes as decoding the history and dumping it, for any ids, any
+    record shape, ratings with an exponent, ties of last_played_on."""
+    from stat_service.http.views import get_body
+
+    reply = _reply(favorites, views)
+    history = decode_history(reply)
+    expected = orjson.dumps(history)
+    assert history_json(reply) == expected
+    assert history_json(reply.decode()) == expected
+    # The whole body of the GET's 200, as jsonify wrote it from the dict.
+    subscriber_id = favorites[0] if favorites else 'sub "x"'
+    answer = {"result": "success", "subscriber_id": subscriber_id, **history}
+    assert get_body(subscriber_id, history_json(reply)) == orjson.dumps(answer)
 
 
 def test_record_encoding_is_compact():

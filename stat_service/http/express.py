@@ -34,7 +34,7 @@ from ..errors import ApiError
 from ..rules import fastpath
 from .auth import bearer_token, not_granted
 from .errors import error_body, failure
-from .views import PLAIN_DELTA, PREFIX, ROUTE, decode_id, get_answer, put_answer
+from .views import PLAIN_DELTA, PREFIX, ROUTE, decode_id, get_body, put_answer
 
 _PATH_START = PREFIX + "/"
 # The Content-Type values the lane takes (check_content_type's common forms);
@@ -168,8 +168,7 @@ class ExpressLane:
             or "HTTP_TRANSFER_ENCODING" in environ
         ):
             raise _Pass
-        history = self.store.get(subscriber_id)
-        return 200, orjson.dumps(get_answer(subscriber_id, history))
+        return 200, get_body(subscriber_id, self.store.get_json(subscriber_id))
 
 
 def _subscriber_id(environ) -> str:

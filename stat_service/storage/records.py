@@ -21,6 +21,10 @@ The key schema, and the scripts that read and write these, are store.py's.
 
 from __future__ import annotations
 
+from operator import add
+
+import orjson
+
 RECORD_FIELDS = (
     "play_count",
     "view_time",
@@ -149,6 +153,69 @@ def decode_history(reply) -> dict:
         "favorites": favorites.split("\x1f") if favorites else [],
         "view_data": records,
     }
+
+
+# What follows an asset id in a record's JSON text: each field's member
+# prefix, in RECORD_FIELDS order (history_json).
+_MEMBERS = tuple(f',"{name}":' for name in RECORD_FIELDS)
+
+
+def history_json(reply) -> bytes:
+    """``orjson.dumps(decode_history(reply))``, written straight from the
+    stored text: the GET's hot path, without a dict, an int or a float per
+    field (about half the time of decoding 50 records and dumping them).
+
+    It relies on what the service stores (see the module's text): every
+    value is the decimal text of a JSON number, an int as ``str`` wrote it
+    and a rating as Python's ``repr`` of a float, which orjson writes the
+    same way unless the repr has an exponent (a rating under 0.0001:
+    ``1e-05`` stays that text in Redis, orjson writes ``0.00001``); ids
+    and favorites hold no control characters (validated on every way in;
+    the reply's own separators depend on it). What is left for JSON to
+    escape, ``"`` and ``\\`` in an id, and an exponent, sends the reply
+    the general way. tests/test_store.py holds the two to the same bytes.
+    """
+    text = as_text(reply)
+    favorites, _, views = text.partition("\x1e")
+    if '"' in views or "\\" in views:
+        return orjson.dumps(decode_history(text))
+    flat = views.split("\x1f") if views else []
+    rows = []
+    append = rows.append
+    for asset_id, record in zip(flat[0::2], flat[1::2], strict=False):
+        if "e" in record:  # only a rating's exponent has one
+            return orjson.dumps(decode_history(text))
+        slots = record.split("|")
+        if len(slots) == 5 and "" not in slots:
+            played, viewed, paused, last, rating = slots
+            append(
+                (
+                    (False, -int(last), asset_id),
+                    f'{{"asset_id":"{asset_id}","play_count":{played},'
+                    f'"view_time":{viewed},"pause_time":{paused},'
+                    f'"last_played_on":{last},"user_rating":{rating}}}',
+                )
+            )
+            continue
+        if "" in slots:  # some fields absent: only the others
+            pairs = zip(_MEMBERS, slots, strict=False)
+            members = "".join([name + slot for name, slot in pairs if slot])
+        else:
+            members = "".join(map(add, _MEMBERS, slots))
+        last = slots[3] if len(slots) > 3 else ""
+        # _recency_key's order: most recently played first, never played last.
+        key = (False, -int(last), asset_id) if last else (True, 0, asset_id)
+        append((key, '{"asset_id":"' + asset_id + '"' + members + "}"))
+    rows.sort()  # by key alone: asset ids are unique in a hash
+    return b"".join(
+        (
+            b'{"favorites":',
+            orjson.dumps(favorites.split("\x1f") if favorites else []),
+            b',"view_data":[',
+            ",".join([row for _, row in rows]).encode(),
+            b"]}",
+        )
+    )
 
 
 def as_text(value) -> str:

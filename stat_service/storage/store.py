@@ -46,6 +46,7 @@ from .records import (
     dedupe,
     encode_record,
     hash_tag,
+    history_json,
 )
 
 
@@ -242,6 +243,11 @@ class StatStore:
         """Favorites in stored order; view data most recently played first."""
         return decode_history(_run("read", call_script, *self.read_call(subscriber_id)))
 
+    def get_json(self, subscriber_id: str) -> bytes:
+        """``get`` as a JSON object (``records.history_json``), for a GET's body."""
+        reply = _run("read", call_script, *self.read_call(subscriber_id))
+        return history_json(reply)
+
     def read_call(self, subscriber_id: str):
         """(script, keys, args) of one read, for a loader's pipeline."""
         return self._read, self.keys(subscriber_id), ()
@@ -350,7 +356,17 @@ def _run(name: str, call, *args):
     try:
         reply = call(*args)
     except Exception:
-        SCRIPT_CALLS.labels(name, "error").inc()
+        _calls(name, "error").inc()
         raise
-    SCRIPT_CALLS.labels(name, "ok").inc()
+    _calls(name, "ok").inc()
     return reply
+
+
+_CALLS: dict = {}  # (script, outcome) -> SCRIPT_CALLS child, found once
+
+
+def _calls(name: str, outcome: str):
+    child = _CALLS.get((name, outcome))
+    if child is None:
+        child = _CALLS[name, outcome] = SCRIPT_CALLS.labels(name, outcome)
+    return child
