@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import time
-import uuid
 
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
@@ -62,7 +61,7 @@ class Observer:
     def finish(self, environ, route: str, status: int, subscriber_id) -> str:
         """The request id to send back (the client's when usable)."""
         sent = environ.get("HTTP_X_REQUEST_ID", "")
-        request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+        request_id = sent if _REQUEST_ID.fullmatch(sent) else os.urandom(16).hex()
         try:
             self._count_and_log(environ, route, status, subscriber_id, request_id)
         except Exception:  # the answer stands: its write may already be done
