@@ -154,6 +154,10 @@ def _reply(favorites, views) -> bytes:
 @example(favorites=[], views={"a": {"user_rating": 1e-05}, "b": {"last_played_on": 1}})
 @example(
     favorites=[],
+    views={"a": {"last_played_on": 2**53 - 2}, "b": {"last_played_on": 2**53 - 1}},
+)
+@example(
+    favorites=[],
     views={
         "b": dict.fromkeys(RECORD_FIELDS, 1),
         "a": dict.fromkeys(RECORD_FIELDS, 1),

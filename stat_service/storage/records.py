@@ -163,7 +163,7 @@ _MEMBERS = tuple(f',"{name}":' for name in RECORD_FIELDS)
 def history_json(reply) -> bytes:
     """``orjson.dumps(decode_history(reply))``, written straight from the
     stored text: the GET's hot path, without a dict, an int or a float per
-    field (about half the time of decoding 50 records and dumping them).
+    field (half the instructions of decoding 50 records and dumping them).
 
     It relies on what the service stores (see the module's text): every
     value is the decimal text of a JSON number, an int as ``str`` wrote it
@@ -190,7 +190,8 @@ def history_json(reply) -> bytes:
             played, viewed, paused, last, rating = slots
             append(
                 (
-                    (False, -int(last), asset_id),
+                    -float(last),
+                    asset_id,
                     f'{{"asset_id":"{asset_id}","play_count":{played},'
                     f'"view_time":{viewed},"pause_time":{paused},'
                     f'"last_played_on":{last},"user_rating":{rating}}}',
@@ -203,16 +204,19 @@ def history_json(reply) -> bytes:
         else:
             members = "".join(map(add, _MEMBERS, slots))
         last = slots[3] if len(slots) > 3 else ""
-        # _recency_key's order: most recently played first, never played last.
-        key = (False, -int(last), asset_id) if last else (True, 0, asset_id)
-        append((key, '{"asset_id":"' + asset_id + '"' + members + "}"))
-    rows.sort()  # by key alone: asset ids are unique in a hash
+        played = -float(last) if last else 1.0  # never played: after all others
+        append((played, asset_id, '{"asset_id":"' + asset_id + '"' + members + "}"))
+    # _recency_key's order: most recently played first, never played last,
+    # then asset id (unique in a hash, so the text is never compared). A
+    # float, not an int: exact up to 2^53 - 1, the largest value stored,
+    # and a flat tuple of a float compares far faster in a sort.
+    rows.sort()
     return b"".join(
         (
             b'{"favorites":',
             orjson.dumps(favorites.split("\x1f") if favorites else []),
             b',"view_data":[',
-            ",".join([row for _, row in rows]).encode(),
+            ",".join([row[2] for row in rows]).encode(),
             b"]}",
         )
     )
