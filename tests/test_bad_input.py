@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import io
 import json
 import math
@@ -769,7 +770,11 @@ def send_and_close(port: int, data: bytes, timeout: float = 10.0) -> Reply:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:  # the server has answered and closed already
+                if exc.errno != errno.ENOTCONN:
+                    raise
         reply = _read_reply(sock)
     reply.elapsed = time.monotonic() - started
     return reply
