@@ -6,7 +6,7 @@ PORT ?= 8080
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test test-fast test-long lint format token clean bench bench-import bench-scripts
+.PHONY: help venv run test test-fast test-long lint format token clean bench bench-import bench-scripts bench-instructions
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,3 +57,6 @@ bench-import: $(VENV)/.installed ## bulk import vs HTTP PUT: subscribers/s, peak
 
 bench-scripts: $(VENV)/.installed ## Redis time of each Lua script, 100 vs 5,000 records (bench/README.md)
 	$(PY) bench/script_times.py
+
+bench-instructions: $(VENV)/.installed ## instructions per request vs the ceiling, by valgrind: repeatable (bench/README.md)
+	$(PY) bench/instructions.py
