@@ -22,7 +22,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from ..ops.metrics import LATENCY, METHOD_LABELS, REQUESTS
+from ..ops.metrics import LATENCY, METHOD_LABELS, REQUESTS, child
 
 access_log = logging.getLogger("stat_service.access")
 log = logging.getLogger("stat_service.observability")
@@ -55,8 +55,6 @@ class Observer:
 
     def __init__(self, log_subscribers: bool):
         self.log_subscribers = log_subscribers
-        self.counters: dict = {}  # (route, method, status) -> counter child
-        self.timers: dict = {}  # (route, method) -> histogram child
 
     def finish(self, environ, route: str, status: int, subscriber_id) -> str:
         """The request id to send back (the client's when usable)."""
@@ -73,15 +71,8 @@ class Observer:
         method = environ["REQUEST_METHOD"]
         if method not in METHOD_LABELS:
             method = "OTHER"  # any token is a method: keep label values bounded
-        key = (route, method, status)
-        counter = self.counters.get(key)
-        if counter is None:
-            counter = self.counters[key] = REQUESTS.labels(route, method, str(status))
-        counter.inc()
-        timer = self.timers.get(key[:2])
-        if timer is None:
-            timer = self.timers[key[:2]] = LATENCY.labels(route, method)
-        timer.observe(elapsed)
+        child(REQUESTS, route, method, str(status)).inc()
+        child(LATENCY, route, method).observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             fields = {
                 "method": method,

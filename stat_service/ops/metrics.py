@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+_CHILDREN: dict = {}  # (metric, label values) -> its child, looked up once
+
+
+def child(metric, *values: str):
+    """``metric.labels(*values)``, found once per process: prometheus_client
+    checks and locks on every ``labels`` call, which a hot path pays per
+    request."""
+    key = (metric, values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found
+
+
 # Method labels are bounded: any token is a method, the rest count as OTHER.
 METHOD_LABELS = frozenset(("GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"))
 

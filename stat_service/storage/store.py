@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import NoScriptError
 
-from ..ops.metrics import SCRIPT_CALLS
+from ..ops.metrics import SCRIPT_CALLS, child
 from .client import call_and_wait, ping
 from .records import (
     as_text,
@@ -356,17 +356,7 @@ def _run(name: str, call, *args):
     try:
         reply = call(*args)
     except Exception:
-        _calls(name, "error").inc()
+        child(SCRIPT_CALLS, name, "error").inc()
         raise
-    _calls(name, "ok").inc()
+    child(SCRIPT_CALLS, name, "ok").inc()
     return reply
-
-
-_CALLS: dict = {}  # (script, outcome) -> SCRIPT_CALLS child, found once
-
-
-def _calls(name: str, outcome: str):
-    child = _CALLS.get((name, outcome))
-    if child is None:
-        child = _CALLS[name, outcome] = SCRIPT_CALLS.labels(name, outcome)
-    return child
