@@ -81,8 +81,8 @@ def _service(plan):
         flat += [record["asset_id"], encode_record(record)]
     favorites = "\x1f".join(history["favorites"])
     read_reply = (favorites + "\x1e" + "\x1f".join(flat)).encode()
-    store = app.extensions["stat_store"]
-    replies = {id(store._read): read_reply}
+    read_script = app.extensions["stat_store"].read_call("")[0]
+    replies = {id(read_script): read_reply}
 
     def call_script(script, keys, args):
         return replies.get(id(script), [0, 5, 0])

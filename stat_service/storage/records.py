@@ -21,8 +21,6 @@ The key schema, and the scripts that read and write these, are store.py's.
 
 from __future__ import annotations
 
-from operator import add
-
 import orjson
 
 RECORD_FIELDS = (
@@ -198,11 +196,8 @@ def history_json(reply) -> bytes:
                 )
             )
             continue
-        if "" in slots:  # some fields absent: only the others
-            pairs = zip(_MEMBERS, slots, strict=False)
-            members = "".join([name + slot for name, slot in pairs if slot])
-        else:
-            members = "".join(map(add, _MEMBERS, slots))
+        pairs = zip(_MEMBERS, slots, strict=False)  # the fields present only
+        members = "".join([name + slot for name, slot in pairs if slot])
         last = slots[3] if len(slots) > 3 else ""
         played = -float(last) if last else 1.0  # never played: after all others
         append((played, asset_id, '{"asset_id":"' + asset_id + '"' + members + "}"))

@@ -241,12 +241,14 @@ class StatStore:
 
     def get(self, subscriber_id: str) -> dict:
         """Favorites in stored order; view data most recently played first."""
-        return decode_history(_run("read", call_script, *self.read_call(subscriber_id)))
+        return decode_history(self._read_reply(subscriber_id))
 
     def get_json(self, subscriber_id: str) -> bytes:
         """``get`` as a JSON object (``records.history_json``), for a GET's body."""
-        reply = _run("read", call_script, *self.read_call(subscriber_id))
-        return history_json(reply)
+        return history_json(self._read_reply(subscriber_id))
+
+    def _read_reply(self, subscriber_id: str):
+        return _run("read", call_script, *self.read_call(subscriber_id))
 
     def read_call(self, subscriber_id: str):
         """(script, keys, args) of one read, for a loader's pipeline."""
